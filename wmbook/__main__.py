@@ -1,0 +1,65 @@
+"""Command line of the book: ``python -m wmbook {list,run,validate,build,all}``.
+
+    python -m wmbook all --profile ci        # execute, validate and build the whole book
+    python -m wmbook run --chapters 1        # execute Chapter 1 only (profile full)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from wmbook import pipeline
+from wmbook.device import DEVICE_CHOICES
+from wmbook.profiles import PROFILE_NAMES
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m wmbook", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", help="list the chapters in _toc.yml")
+    for name, text in (("run", "execute chapters with papermill into _build/stage"),
+                       ("validate", "re-execute the executed chapters with nbval"),
+                       ("build", "build the HTML book from the validated chapters"),
+                       ("all", "run, validate and build")):
+        sub = commands.add_parser(name, help=text)
+        if name in ("run", "validate", "all"):
+            sub.add_argument("-c", "--chapters", nargs="+", metavar="CHAPTER",
+                             help="chapter names or numbers (default: every chapter in _toc.yml)")
+        if name in ("run", "all"):
+            sub.add_argument("-p", "--profile", choices=PROFILE_NAMES, default="full",
+                             help="budget preset: 'full' for the book's results, 'ci' for a fast check")
+            sub.add_argument("--seed", type=int, default=0, help="seed of every generator (default 0)")
+            sub.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+            sub.add_argument("-v", "--verbose", action="store_true", help="stream cell outputs")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    started = time.perf_counter()
+    try:
+        root = pipeline.find_root()
+        available = pipeline.chapters(root)
+        if args.command == "list":
+            for chapter in available:
+                print(f"{chapter.number:>3}  {chapter.name:<28} {chapter.source}")
+            return 0
+        selected = pipeline.select(available, getattr(args, "chapters", None))
+        if args.command in ("run", "all"):
+            pipeline.run(root, selected, args.profile, args.seed, args.device, args.verbose)
+        if args.command in ("validate", "all"):
+            pipeline.validate(root, selected)
+        if args.command in ("build", "all"):
+            pipeline.build(root)
+    except pipeline.PipelineError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"done in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

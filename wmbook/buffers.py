@@ -1,0 +1,242 @@
+"""Replay storage for transitions.
+
+:class:`ReplayBuffer` keeps ``capacity`` transitions in preallocated NumPy arrays (a ring: the
+oldest transition is overwritten once it is full), adds in O(1), samples uniformly into torch
+tensors on any device, and round-trips through ``.npz``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from wmbook.checkpoint import atomic_write
+from wmbook.device import to_device
+
+_BUFFER_FORMAT = 1
+_FIELDS = ("obs", "action", "reward", "next_obs", "terminated", "truncated")
+
+
+@dataclass(frozen=True)
+class Transitions:
+    """A batch of ``B`` transitions as tensors.
+
+    Shapes: ``obs`` and ``next_obs`` ``(B, *obs_shape)`` float32; ``action`` ``(B,
+    *action_shape)`` (int64 for discrete actions); ``reward`` ``(B,)`` float32; ``terminated``
+    and ``truncated`` ``(B,)`` bool. ``terminated`` is a true end of the task (the pole fell);
+    ``truncated`` is a time limit, after which the task would have gone on.
+    """
+
+    obs: torch.Tensor
+    action: torch.Tensor
+    reward: torch.Tensor
+    next_obs: torch.Tensor
+    terminated: torch.Tensor
+    truncated: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.obs.shape[0]
+
+    def to(self, device: torch.device | str) -> "Transitions":
+        return Transitions(*(to_device(getattr(self, f.name), device) for f in fields(self)))
+
+    def index(self, idx: torch.Tensor | slice) -> "Transitions":
+        """The transitions at ``idx`` (a slice, or an index tensor on the same device)."""
+        return Transitions(*(getattr(self, f.name)[idx] for f in fields(self)))
+
+
+# NumPy dtype kinds each field accepts, and how an error message names them.
+_KIND_NAMES = {"fiub": "numeric", "fiu": "numeric", "iub": "integer", "biu": "bool"}
+
+
+class ReplayBuffer:
+    """A fixed-capacity ring of transitions with uniform sampling.
+
+    Args:
+        capacity: how many transitions to keep; older ones are overwritten.
+        obs_shape: shape of one observation, e.g. ``(4,)`` for CartPole.
+        action_shape: shape of one action: ``()`` for a discrete action index.
+        action_dtype: ``np.int64`` for discrete actions, ``np.float32`` for continuous ones.
+        seed: seed of the buffer's own sampling generator.
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        obs_shape: tuple[int, ...],
+        action_shape: tuple[int, ...] = (),
+        action_dtype: type | np.dtype = np.int64,
+        seed: int = 0,
+    ):
+        if int(capacity) < 1:
+            raise ValueError(f"capacity must be positive, got {capacity}")
+        self.capacity = int(capacity)
+        self.obs_shape = tuple(int(d) for d in obs_shape)
+        self.action_shape = tuple(int(d) for d in action_shape)
+        self.action_dtype = np.dtype(action_dtype)
+        if self.action_dtype.kind not in "iuf":
+            raise ValueError(f"action_dtype must be an integer or float type, got {self.action_dtype}")
+        self.obs = np.zeros((self.capacity, *self.obs_shape), dtype=np.float32)
+        self.next_obs = np.zeros((self.capacity, *self.obs_shape), dtype=np.float32)
+        self.action = np.zeros((self.capacity, *self.action_shape), dtype=self.action_dtype)
+        self.reward = np.zeros(self.capacity, dtype=np.float32)
+        self.terminated = np.zeros(self.capacity, dtype=bool)
+        self.truncated = np.zeros(self.capacity, dtype=bool)
+        self.rng = np.random.default_rng(seed)
+        self._next = 0  # slot the next transition goes to
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    @property
+    def full(self) -> bool:
+        return self._size == self.capacity
+
+    def __repr__(self) -> str:
+        return (
+            f"ReplayBuffer({self._size}/{self.capacity} transitions, obs {self.obs_shape}, "
+            f"action {self.action_shape} {self.action_dtype})"
+        )
+
+    # -- adding -------------------------------------------------------------------------
+
+    def _checked(self, name: str, value, shape: tuple[int, ...], kinds: str, finite: bool) -> np.ndarray:
+        array = np.asarray(value)
+        if array.shape != shape:
+            raise ValueError(f"{name} has shape {array.shape}, this buffer stores {name} of shape {shape}")
+        if array.dtype.kind not in kinds:
+            raise TypeError(f"{name} has dtype {array.dtype}; this buffer stores {_KIND_NAMES[kinds]} {name}")
+        if finite and array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+            raise ValueError(f"{name} contains NaN or infinity: {value!r}")
+        return array
+
+    def add(self, obs, action, reward, next_obs, terminated: bool, truncated: bool = False) -> None:
+        """Store one transition, overwriting the oldest once the buffer is full."""
+        action_kinds = "iub" if self.action_dtype.kind in "iu" else "fiu"
+        i = self._next
+        self.obs[i] = self._checked("obs", obs, self.obs_shape, "fiub", True)
+        self.action[i] = self._checked("action", action, self.action_shape, action_kinds, True)
+        self.reward[i] = self._checked("reward", reward, (), "fiub", True)
+        self.next_obs[i] = self._checked("next_obs", next_obs, self.obs_shape, "fiub", True)
+        self.terminated[i] = self._checked("terminated", terminated, (), "biu", False)
+        self.truncated[i] = self._checked("truncated", truncated, (), "biu", False)
+        self._next = (i + 1) % self.capacity
+        self._size = min(self._size + 1, self.capacity)
+
+    def add_batch(self, obs, action, reward, next_obs, terminated, truncated=None) -> None:
+        """Store ``B`` transitions at once (leading dimension ``B`` on every argument)."""
+        obs = np.asarray(obs)
+        n = obs.shape[0] if obs.ndim else 0
+        if truncated is None:
+            truncated = np.zeros(n, dtype=bool)
+        action_kinds = "iub" if self.action_dtype.kind in "iu" else "fiu"
+        arrays = {
+            "obs": self._checked("obs", obs, (n, *self.obs_shape), "fiub", True),
+            "action": self._checked("action", action, (n, *self.action_shape), action_kinds, True),
+            "reward": self._checked("reward", reward, (n,), "fiub", True),
+            "next_obs": self._checked("next_obs", next_obs, (n, *self.obs_shape), "fiub", True),
+            "terminated": self._checked("terminated", terminated, (n,), "biu", False),
+            "truncated": self._checked("truncated", truncated, (n,), "biu", False),
+        }
+        if n > self.capacity:  # only the newest `capacity` transitions survive
+            arrays = {key: value[-self.capacity :] for key, value in arrays.items()}
+            n = self.capacity
+        slots = (self._next + np.arange(n)) % self.capacity
+        for key, value in arrays.items():
+            getattr(self, key)[slots] = value
+        self._next = (self._next + n) % self.capacity
+        self._size = min(self._size + n, self.capacity)
+
+    # -- reading ------------------------------------------------------------------------
+
+    def _gather(self, idx: np.ndarray, device: torch.device | str) -> Transitions:
+        batch = Transitions(*(torch.from_numpy(getattr(self, key)[idx]) for key in _FIELDS))
+        return batch.to(device)
+
+    def sample(self, batch_size: int, device: torch.device | str = "cpu") -> Transitions:
+        """``batch_size`` transitions drawn uniformly with replacement, as tensors on ``device``."""
+        if self._size == 0:
+            raise ValueError("cannot sample from an empty ReplayBuffer")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        return self._gather(self.rng.integers(0, self._size, size=batch_size), device)
+
+    def chronological_indices(self) -> np.ndarray:
+        """Storage slots from the oldest stored transition to the newest."""
+        start = self._next if self.full else 0
+        return (start + np.arange(self._size)) % self.capacity
+
+    def all(self, device: torch.device | str = "cpu") -> Transitions:
+        """Every stored transition, oldest first, as tensors on ``device``."""
+        return self._gather(self.chronological_indices(), device)
+
+    @property
+    def episode_starts(self) -> np.ndarray:
+        """Positions (in :meth:`all` order) where an episode begins."""
+        order = self.chronological_indices()
+        ends = self.terminated[order] | self.truncated[order]
+        return np.flatnonzero(np.concatenate([[True], ends[:-1]])) if self._size else np.zeros(0, int)
+
+    # -- files --------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the buffer (contents, position and sampling state) to ``path`` (.npz), atomically."""
+        path = Path(path)
+        meta = {
+            "format": _BUFFER_FORMAT,
+            "capacity": self.capacity,
+            "obs_shape": list(self.obs_shape),
+            "action_shape": list(self.action_shape),
+            "action_dtype": self.action_dtype.str,
+            "next": self._next,
+            "size": self._size,
+            "rng_state": self.rng.bit_generator.state,
+        }
+        with atomic_write(path, "wb") as handle:
+            np.savez_compressed(
+                handle, meta=np.array(json.dumps(meta)), **{key: getattr(self, key) for key in _FIELDS}
+            )
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "ReplayBuffer":
+        """Read a buffer written by :meth:`save`; a missing or malformed file raises a clear error."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no replay buffer file at {path}")
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {key: data[key] for key in data.files}
+        except Exception as error:
+            raise ValueError(f"{path} is not a readable .npz replay buffer: {error}") from error
+        missing = [key for key in ("meta", *_FIELDS) if key not in arrays]
+        if missing:
+            raise ValueError(f"{path} is not a wmbook replay buffer: missing {', '.join(missing)}")
+        try:
+            meta = json.loads(str(arrays["meta"]))
+            buffer = cls(meta["capacity"], tuple(meta["obs_shape"]), tuple(meta["action_shape"]),
+                         np.dtype(meta["action_dtype"]))
+            size, next_slot = int(meta["size"]), int(meta["next"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{path} has malformed buffer metadata: {error}") from error
+        if meta.get("format") != _BUFFER_FORMAT:
+            raise ValueError(f"{path} has buffer format {meta.get('format')!r}, expected {_BUFFER_FORMAT}")
+        for key in _FIELDS:
+            expected = getattr(buffer, key)
+            if arrays[key].shape != expected.shape or arrays[key].dtype != expected.dtype:
+                raise ValueError(
+                    f"{path}: array '{key}' is {arrays[key].dtype}{list(arrays[key].shape)}, the "
+                    f"metadata implies {expected.dtype}{list(expected.shape)}"
+                )
+            expected[...] = arrays[key]
+        if not (0 <= size <= buffer.capacity and 0 <= next_slot < buffer.capacity):
+            raise ValueError(f"{path}: size {size} / position {next_slot} do not fit capacity {buffer.capacity}")
+        buffer._size, buffer._next = size, next_slot
+        buffer.rng.bit_generator.state = meta["rng_state"]
+        return buffer

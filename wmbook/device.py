@@ -1,0 +1,178 @@
+"""Device choice, seeding, determinism and mixed precision, the same on CPU, CUDA and MPS.
+
+Every chapter starts with::
+
+    device = pick_device("auto")        # cuda, then mps, then cpu
+    seed_everything(seed)               # python, numpy, torch (+ cuda)
+    print(environment_stamp(device))    # what produced the numbers below
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import random
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def pick_device(preference: str | torch.device = "auto") -> torch.device:
+    """Return the device to run on.
+
+    ``"auto"`` picks CUDA when a GPU is visible, then Apple's MPS, then the CPU. An explicit
+    ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"mps"`` is honoured, and fails loudly when that
+    device is not available rather than silently falling back.
+    """
+    if isinstance(preference, torch.device):
+        preference = str(preference)
+    if not isinstance(preference, str):
+        raise TypeError(f"device must be a string such as 'auto' or 'cuda', got {preference!r}")
+    choice = preference.strip().lower()
+    if choice == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    kind = choice.split(":")[0]
+    if kind not in DEVICE_CHOICES[1:]:
+        raise ValueError(
+            f"unknown device {preference!r}: use one of {', '.join(DEVICE_CHOICES)} (or 'cuda:N')"
+        )
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {preference!r} was asked for, but torch sees no CUDA GPU")
+    if kind == "mps" and not _mps_available():
+        raise RuntimeError(f"device {preference!r} was asked for, but MPS is not available")
+    return torch.device(choice)
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed Python's, NumPy's and torch's global generators (CUDA included).
+
+    Code in ``wmbook`` takes explicit generators where it draws random numbers; this call
+    covers what cannot, such as the default weight initialisation of ``torch.nn`` layers.
+    With ``deterministic=True`` torch is also asked for deterministic kernels.
+    """
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    seed = int(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # seeds every CUDA device too
+    if deterministic:
+        set_deterministic()
+
+
+def set_deterministic(enabled: bool = True) -> None:
+    """Ask torch for deterministic algorithms (cuDNN and cuBLAS included)."""
+    if enabled:
+        # cuBLAS needs a fixed workspace for reproducible reductions; harmless elsewhere.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(enabled, warn_only=True)
+    torch.backends.cudnn.deterministic = enabled
+    torch.backends.cudnn.benchmark = not enabled
+
+
+def set_threads(n: int | None = None) -> int:
+    """Fix torch's intra-op thread count (default: all cores, capped at 4) and return it.
+
+    A fixed count keeps CPU reductions in the same order from run to run; small networks gain
+    little from more than a couple of threads.
+    """
+    if n is None:
+        n = min(4, os.cpu_count() or 1)
+    if n < 1:
+        raise ValueError(f"thread count must be at least 1, got {n}")
+    torch.set_num_threads(n)
+    return n
+
+
+def autocast(device: torch.device | str, enabled: bool = True):
+    """Mixed-precision context: bfloat16/float16 autocast on CUDA, a no-op elsewhere.
+
+    CPU autocast to bfloat16 is slower than float32 for the book's small networks and costs
+    precision, so it is never used.
+    """
+    device = torch.device(device)
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=amp_dtype(device))
+    return contextlib.nullcontext()
+
+
+def amp_dtype(device: torch.device | str) -> torch.dtype:
+    """The autocast dtype for ``device``: bfloat16 where the GPU supports it, else float16."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.float16
+    return torch.float32
+
+
+def grad_scaler(device: torch.device | str, enabled: bool = True) -> torch.amp.GradScaler:
+    """A gradient scaler that is active only when autocast runs in float16 on CUDA."""
+    device = torch.device(device)
+    active = enabled and device.type == "cuda" and amp_dtype(device) == torch.float16
+    return torch.amp.GradScaler("cuda" if device.type == "cuda" else "cpu", enabled=active)
+
+
+def to_device(batch: Any, device: torch.device | str) -> Any:
+    """Move a tensor, array, or a (nested) dict/list/tuple of them to ``device``.
+
+    NumPy arrays become tensors. On CUDA, host tensors are pinned and copied without blocking.
+    """
+    device = torch.device(device)
+    if isinstance(batch, torch.Tensor):
+        if device.type == "cuda" and batch.device.type == "cpu":
+            return batch.pin_memory().to(device, non_blocking=True)
+        return batch.to(device)
+    if isinstance(batch, np.ndarray):
+        return to_device(torch.from_numpy(batch), device)
+    if isinstance(batch, Mapping):
+        return type(batch)((key, to_device(value, device)) for key, value in batch.items())
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
+        return type(batch)(*(to_device(value, device) for value in batch))
+    if isinstance(batch, Sequence) and not isinstance(batch, (str, bytes)):
+        return type(batch)(to_device(value, device) for value in batch)
+    return batch
+
+
+def environment_stamp(device: torch.device | str) -> dict[str, str]:
+    """What produced a result: device, library versions and threads, as a flat dict."""
+    import gymnasium
+
+    device = torch.device(device)
+    stamp = {
+        "device": str(device),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "gymnasium": gymnasium.__version__,
+        "numpy": np.__version__,
+        "torch threads": str(torch.get_num_threads()),
+        "cpu cores": str(os.cpu_count()),
+        "platform": f"{platform.system()} {platform.machine()}",
+    }
+    if device.type == "cuda":
+        stamp["gpu"] = torch.cuda.get_device_name(device)
+        stamp["cuda"] = str(torch.version.cuda)
+    if "google.colab" in sys.modules:
+        stamp["runtime"] = "Colab"
+    return stamp
+
+
+def format_stamp(stamp: Mapping[str, str]) -> str:
+    """Render :func:`environment_stamp` as aligned ``key: value`` lines."""
+    width = max(len(key) for key in stamp)
+    return "\n".join(f"{key:<{width}} : {value}" for key, value in stamp.items())

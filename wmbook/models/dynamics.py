@@ -1,0 +1,402 @@
+"""An MLP world model of a vector-state environment: (state, action) -> (next state, reward, done).
+
+The model sees the state standardised and the action one-hot, passes both through a shared
+trunk, and reads three heads off it:
+
+* next state: the *change* ``s' - s``, standardised per dimension (the change is small and
+  smooth, so it is far easier to fit than ``s'`` itself);
+* reward: standardised reward (regression);
+* done: the logit of ``P(terminated | s, a)`` (binary classification).
+
+All normalisation statistics are buffers of the module, so a checkpoint carries them.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import brier_score_loss, f1_score, precision_score, recall_score
+from torch import nn
+from tqdm.auto import tqdm
+
+from wmbook.buffers import Transitions
+from wmbook.checkpoint import load_checkpoint, save_checkpoint
+from wmbook.models.layers import Normalizer, mlp
+
+LOSS_COMPONENTS = ("next_state", "reward", "done")
+
+
+@dataclass
+class DynamicsConfig:
+    """Architecture and loss weights of :class:`DynamicsModel`."""
+
+    obs_dim: int = 4
+    n_actions: int = 2
+    hidden_size: int = 200
+    n_layers: int = 3
+    activation: str = "silu"
+    reward_weight: float = 1.0
+    done_weight: float = 1.0
+
+
+class Prediction(NamedTuple):
+    """A model prediction in environment units. Shapes: ``(B, obs_dim)``, ``(B,)``, ``(B,)``."""
+
+    next_obs: torch.Tensor
+    reward: torch.Tensor
+    done_prob: torch.Tensor
+
+
+class DynamicsModel(nn.Module):
+    """MLP world model with next-state, reward and done heads on a shared trunk."""
+
+    def __init__(self, config: DynamicsConfig | None = None):
+        super().__init__()
+        self.config = config = config or DynamicsConfig()
+        self.obs_norm = Normalizer(config.obs_dim)
+        self.delta_norm = Normalizer(config.obs_dim)
+        self.reward_norm = Normalizer(1)
+        self.trunk = mlp(config.obs_dim + config.n_actions, config.hidden_size, config.n_layers,
+                         activation=config.activation)
+        self.next_state_head = nn.Linear(config.hidden_size, config.obs_dim)
+        self.reward_head = nn.Linear(config.hidden_size, 1)
+        self.done_head = nn.Linear(config.hidden_size, 1)
+
+    @torch.no_grad()
+    def fit_normalizers(self, data: Transitions) -> None:
+        """Set the input, change and reward statistics from training transitions."""
+        self.obs_norm.fit(data.obs)
+        self.delta_norm.fit(data.next_obs - data.obs)
+        self.reward_norm.fit(data.reward.unsqueeze(-1))
+
+    def _check(self, obs: torch.Tensor, action: torch.Tensor) -> None:
+        obs_dim = self.config.obs_dim
+        if obs.ndim != 2 or obs.shape[1] != obs_dim:
+            raise ValueError(f"obs must have shape (B, {obs_dim}), got {tuple(obs.shape)}")
+        if action.shape != obs.shape[:1]:
+            raise ValueError(f"action must have shape ({obs.shape[0]},) to match obs, got {tuple(action.shape)}")
+        if action.dtype.is_floating_point or action.dtype == torch.bool:
+            raise TypeError(f"action must be integer indices, got dtype {action.dtype}")
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Raw head outputs in the model's normalised space.
+
+        Args:
+            obs: ``(B, obs_dim)`` float states.
+            action: ``(B,)`` integer actions in ``[0, n_actions)``.
+
+        Returns:
+            ``(delta_z, reward_z, done_logit)`` of shapes ``(B, obs_dim)``, ``(B,)``, ``(B,)``.
+        """
+        self._check(obs, action)
+        x = torch.cat([self.obs_norm(obs), F.one_hot(action.long(), self.config.n_actions).to(obs.dtype)], -1)
+        h = self.trunk(x)
+        return self.next_state_head(h), self.reward_head(h).squeeze(-1), self.done_head(h).squeeze(-1)
+
+    def predict(self, obs: torch.Tensor, action: torch.Tensor) -> Prediction:
+        """Next state, reward and termination probability in environment units."""
+        self._check(obs, action)
+        if not torch.isfinite(obs).all():
+            raise ValueError("obs contains NaN or infinity")
+        if action.numel() and (action.min() < 0 or action.max() >= self.config.n_actions):
+            raise ValueError(f"actions must lie in [0, {self.config.n_actions}), got values "
+                             f"{action.min().item()}..{action.max().item()}")
+        delta_z, reward_z, done_logit = self(obs, action)
+        next_obs = obs + self.delta_norm.inverse(delta_z)
+        reward = self.reward_norm.inverse(reward_z.unsqueeze(-1)).squeeze(-1)
+        return Prediction(next_obs, reward, torch.sigmoid(done_logit))
+
+    def loss(self, batch: Transitions) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Weighted sum of the three head losses, and each component by name.
+
+        ``next_state`` and ``reward`` are mean squared errors in normalised units, ``done`` is
+        binary cross-entropy against ``terminated`` (a time-limit truncation is not an end).
+        """
+        delta_z, reward_z, done_logit = self(batch.obs, batch.action)
+        parts = {
+            "next_state": F.mse_loss(delta_z, self.delta_norm(batch.next_obs - batch.obs)),
+            "reward": F.mse_loss(reward_z, self.reward_norm(batch.reward.unsqueeze(-1)).squeeze(-1)),
+            "done": F.binary_cross_entropy_with_logits(done_logit, batch.terminated.to(done_logit.dtype)),
+        }
+        total = parts["next_state"] + self.config.reward_weight * parts["reward"] + self.config.done_weight * parts["done"]
+        return total, parts
+
+    # -- checkpoints --------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> Path:
+        """Write config, weights and normalisation statistics to ``path``, atomically."""
+        return save_checkpoint(path, "DynamicsModel", {
+            "config": dataclasses.asdict(self.config),
+            "state_dict": {key: value.detach().cpu() for key, value in self.state_dict().items()},
+        })
+
+    @classmethod
+    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "DynamicsModel":
+        """Rebuild a model saved with :meth:`save`."""
+        data = load_checkpoint(path, "DynamicsModel", map_location)
+        known = {f.name for f in dataclasses.fields(DynamicsConfig)}
+        unknown = set(data["config"]) - known
+        if unknown:
+            raise ValueError(f"{path}: unknown DynamicsConfig fields {sorted(unknown)}")
+        model = cls(DynamicsConfig(**data["config"]))
+        try:
+            model.load_state_dict(data["state_dict"])
+        except RuntimeError as error:
+            raise ValueError(f"{path}: weights do not fit the stored config: {error}") from error
+        return model.to(map_location)
+
+
+# -- training ---------------------------------------------------------------------------
+
+
+@dataclass
+class TrainConfig:
+    """Supervised training of a :class:`DynamicsModel`.
+
+    The learning rate follows a one-cycle schedule peaking at ``lr``; training stops early
+    once the validation loss has not improved for ``patience`` epochs, and the best weights
+    are restored.
+    """
+
+    epochs: int = 40
+    batch_size: int = 256
+    lr: float = 3e-3
+    weight_decay: float = 1e-5
+    patience: int = 8
+    grad_clip: float = 10.0
+    seed: int = 0
+
+
+@dataclass
+class TrainHistory:
+    """Per-epoch mean losses (``total`` and each component) on both splits, and the outcome."""
+
+    train: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in ("total", *LOSS_COMPONENTS)})
+    val: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in ("total", *LOSS_COMPONENTS)})
+    lr: list[float] = field(default_factory=list)
+    initial_val: float = math.nan  # validation loss before the first update
+    best_epoch: int = -1
+    best_val: float = math.inf
+    stopped_early: bool = False
+    seconds: float = 0.0
+
+    @property
+    def epochs(self) -> int:
+        return len(self.val["total"])
+
+
+def check_transitions(data: Transitions, config: DynamicsConfig, name: str) -> None:
+    """Fail early, naming the problem, if ``data`` cannot train or test a model of ``config``."""
+    if len(data) == 0:
+        raise ValueError(f"{name} holds no transitions")
+    for key in ("obs", "next_obs"):
+        value = getattr(data, key)
+        if value.ndim != 2 or value.shape[1] != config.obs_dim:
+            raise ValueError(f"{name}.{key} has shape {tuple(value.shape)}, expected (N, {config.obs_dim})")
+        if not torch.isfinite(value).all():
+            raise ValueError(f"{name}.{key} contains NaN or infinity")
+    if not torch.isfinite(data.reward).all():
+        raise ValueError(f"{name}.reward contains NaN or infinity")
+    if data.action.min() < 0 or data.action.max() >= config.n_actions:
+        raise ValueError(f"{name}.action has values outside [0, {config.n_actions})")
+
+
+@torch.no_grad()
+def _mean_losses(model: DynamicsModel, data: Transitions, batch_size: int = 8192) -> dict[str, float]:
+    sums = dict.fromkeys(("total", *LOSS_COMPONENTS), 0.0)
+    for start in range(0, len(data), batch_size):
+        batch = data.index(slice(start, start + batch_size))
+        total, parts = model.loss(batch)
+        for key, value in {"total": total, **parts}.items():
+            sums[key] += value.item() * len(batch)
+    return {key: value / len(data) for key, value in sums.items()}
+
+
+def train_dynamics(
+    model: DynamicsModel,
+    train: Transitions,
+    val: Transitions,
+    config: TrainConfig | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    checkpoint_path: str | Path | None = None,
+) -> TrainHistory:
+    """Fit ``model`` to ``train`` by minibatch gradient descent, early-stopping on ``val``.
+
+    With ``checkpoint_path``, the full training state (weights, optimiser, schedule, shuffling
+    generator, history) is written atomically after every epoch, and a later call with the same
+    path resumes where the last completed epoch left off, giving the same result as an
+    uninterrupted run.
+
+    Returns the :class:`TrainHistory`; ``model`` ends with the weights of the best epoch.
+    """
+    config = config or TrainConfig()
+    check_transitions(train, model.config, "train")
+    check_transitions(val, model.config, "val")
+    device = torch.device(device)
+    train, val = train.to(device), val.to(device)
+    model.to(device)
+
+    steps_per_epoch = max(1, len(train) // config.batch_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr,
+                                                   total_steps=config.epochs * steps_per_epoch)
+    shuffle = torch.Generator().manual_seed(config.seed)
+    history, best_state, waited, start_epoch = TrainHistory(), None, 0, 0
+
+    checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
+    if checkpoint_path and checkpoint_path.exists():
+        state = load_checkpoint(checkpoint_path, "DynamicsTraining", map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        shuffle.set_state(state["shuffle"].cpu())
+        best_state, waited, start_epoch = state["best_state"], state["waited"], state["epoch"] + 1
+        history = TrainHistory(**state["history"])
+        if state["done"]:
+            start_epoch = config.epochs  # already finished: only restore the best weights
+    else:
+        model.fit_normalizers(train)
+        history.initial_val = _mean_losses(model, val)["total"]
+
+    started = time.perf_counter() - history.seconds
+    bar = tqdm(range(start_epoch, config.epochs), desc="train world model", disable=not progress,
+               initial=start_epoch, total=config.epochs)
+    for epoch in bar:
+        model.train()
+        sums = dict.fromkeys(("total", *LOSS_COMPONENTS), 0.0)
+        order = torch.randperm(len(train), generator=shuffle).to(device)
+        for step in range(steps_per_epoch):
+            batch = train.index(order[step * config.batch_size:(step + 1) * config.batch_size])
+            total, parts = model.loss(batch)
+            if not torch.isfinite(total):
+                raise FloatingPointError(
+                    f"training diverged at epoch {epoch}, step {step}: loss is {total.item()}; "
+                    f"try a lower learning rate than {config.lr}")
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            schedule.step()
+            for key, value in {"total": total, **parts}.items():
+                sums[key] += value.item()
+        model.eval()
+        val_losses = _mean_losses(model, val)
+        for key in sums:
+            history.train[key].append(sums[key] / steps_per_epoch)
+            history.val[key].append(val_losses[key])
+        history.lr.append(schedule.get_last_lr()[0])
+
+        if val_losses["total"] < history.best_val:
+            history.best_val, history.best_epoch, waited = val_losses["total"], epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            waited += 1
+        history.stopped_early = waited >= config.patience and epoch < config.epochs - 1
+        history.seconds = time.perf_counter() - started
+        bar.set_postfix(train=f"{history.train['total'][-1]:.2e}", val=f"{val_losses['total']:.2e}")
+        finished = history.stopped_early or epoch == config.epochs - 1
+        if checkpoint_path:
+            save_checkpoint(checkpoint_path, "DynamicsTraining", {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(), "shuffle": shuffle.get_state(),
+                "best_state": best_state, "waited": waited, "epoch": epoch, "done": finished,
+                "history": dataclasses.asdict(history),
+            })
+        if finished:
+            break
+    bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return history
+
+
+# -- evaluation -------------------------------------------------------------------------
+
+
+@dataclass
+class DynamicsEvaluation:
+    """One-step accuracy of a model on held-out transitions.
+
+    ``next_state_mse`` is the mean squared error of the predicted next state measured in units
+    of the per-dimension standard deviation of the one-step *change* (the model's normalised
+    target): 1.0 is no better than always predicting the average change. ``state_mse`` measures
+    the same error in units of the state's own spread, a far more lenient scale.
+    """
+
+    next_state_mse: float
+    next_state_mse_per_dim: np.ndarray
+    state_mse: float
+    reward_mse: float
+    done_f1: float
+    done_precision: float
+    done_recall: float
+    done_brier: float
+    n: int
+    n_terminal: int
+    obs: np.ndarray
+    action: np.ndarray
+    true_next_obs: np.ndarray
+    predicted_next_obs: np.ndarray
+    done_true: np.ndarray
+    done_prob: np.ndarray
+
+    def summary(self) -> dict[str, float]:
+        """The scalar metrics, for tables and results files."""
+        return {key: float(getattr(self, key)) for key in (
+            "next_state_mse", "state_mse", "reward_mse", "done_f1", "done_precision",
+            "done_recall", "done_brier", "n", "n_terminal")}
+
+
+@torch.no_grad()
+def evaluate_dynamics(model: DynamicsModel, data: Transitions, state_std: torch.Tensor | None = None,
+                      batch_size: int = 8192, threshold: float = 0.5) -> DynamicsEvaluation:
+    """Score one-step predictions on ``data``; ``done`` counts as predicted when ``p > threshold``.
+
+    ``state_std`` (``(obs_dim,)``) sets the scale of ``state_mse``; by default the model's input
+    normalisation statistics.
+    """
+    check_transitions(data, model.config, "data")
+    model.eval()
+    device = next(model.parameters()).device
+    data = data.to(device)
+    predictions = [model.predict(data.obs[i:i + batch_size], data.action[i:i + batch_size])
+                   for i in range(0, len(data), batch_size)]
+    next_obs = torch.cat([p.next_obs for p in predictions])
+    reward = torch.cat([p.reward for p in predictions])
+    done_prob = torch.cat([p.done_prob for p in predictions])
+
+    error = next_obs - data.next_obs
+    per_dim = ((error / model.delta_norm.std) ** 2).mean(0)
+    scale = model.obs_norm.std if state_std is None else state_std.to(device)
+    done_true = data.terminated.cpu().numpy().astype(int)
+    done_hat = (done_prob > threshold).cpu().numpy().astype(int)
+    prob = done_prob.cpu().numpy()
+    return DynamicsEvaluation(
+        next_state_mse=per_dim.mean().item(),
+        next_state_mse_per_dim=per_dim.cpu().numpy(),
+        state_mse=((error / scale) ** 2).mean().item(),
+        reward_mse=F.mse_loss(reward, data.reward).item(),
+        done_f1=float(f1_score(done_true, done_hat, zero_division=0)),
+        done_precision=float(precision_score(done_true, done_hat, zero_division=0)),
+        done_recall=float(recall_score(done_true, done_hat, zero_division=0)),
+        done_brier=float(brier_score_loss(done_true, prob)),
+        n=len(data),
+        n_terminal=int(done_true.sum()),
+        obs=data.obs.cpu().numpy(),
+        action=data.action.cpu().numpy(),
+        true_next_obs=data.next_obs.cpu().numpy(),
+        predicted_next_obs=next_obs.cpu().numpy(),
+        done_true=done_true,
+        done_prob=prob,
+    )

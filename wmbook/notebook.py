@@ -1,0 +1,99 @@
+"""Helpers for the chapter notebooks: show real source, glue results, stamp the environment."""
+
+from __future__ import annotations
+
+import inspect
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
+from IPython.display import Markdown, display
+
+from wmbook.checkpoint import write_json
+from wmbook.device import environment_stamp, format_stamp
+
+
+def show_source(obj: Any, start: str | None = None, stop: str | None = None) -> None:
+    """Display the source of a function, method or class from ``wmbook`` as a code block.
+
+    The book shows the code that runs, so text and code cannot drift apart. With ``start``,
+    the listing begins at the first line containing that text (to skip a long docstring);
+    with ``stop``, it ends just before the first later line containing that text.
+    """
+    lines = textwrap.dedent(inspect.getsource(obj)).splitlines()
+
+    def find(text: str, after: int) -> int:
+        for i in range(after, len(lines)):
+            if text in lines[i]:
+                return i
+        raise ValueError(f"{text!r} does not occur in the source of {obj.__qualname__}")
+
+    first = find(start, 0) if start is not None else 0
+    last = find(stop, first + 1) if stop is not None else len(lines)
+    source = textwrap.dedent("\n".join(lines[first:last]))
+    where = f"{obj.__module__}.{obj.__qualname__}"
+    display(Markdown(f"`{where}`\n\n```python\n{source.rstrip()}\n```"))
+
+
+class Results:
+    """The headline numbers of a chapter: glued into its prose and written to a JSON file.
+
+    ``glue(name, value)`` makes ``value`` available to the chapter's text through MyST-NB's
+    ``{glue:text}`` role and records it; ``write(path)`` saves every recorded value with the
+    chapter, profile, seed and environment stamp.
+    """
+
+    def __init__(self, chapter: str, profile: str, seed: int, device):
+        self.meta = {"chapter": chapter, "profile": profile, "seed": seed,
+                     "environment": environment_stamp(device)}
+        self.values: dict[str, Any] = {}
+
+    def glue(self, name: str, value: Any) -> None:
+        """Record ``value`` and glue it for the prose (returns nothing, so it never prints)."""
+        if hasattr(value, "item"):  # NumPy/torch scalars: glue plain Python numbers
+            value = value.item()
+        self.values[name] = value
+        try:
+            from myst_nb import glue
+        except ImportError:  # e.g. on Colab, where the book's build tools are not installed
+            return
+        glue(name, value, display=False)
+
+    def record(self, name: str, value: Any) -> None:
+        """Keep ``value`` in the results file without gluing it (e.g. a wall-clock time)."""
+        self.values[name] = value.item() if hasattr(value, "item") else value
+
+    def write(self, path: str | Path) -> Path:
+        write_json(path, {**self.meta, "results": self.values})
+        return Path(path)
+
+
+def print_stamp(device) -> None:
+    """Print what produced this chapter's numbers (device, versions, threads)."""
+    print(format_stamp(environment_stamp(device)))
+
+
+def interactive_figure(draw, **controls: widgets.ValueWidget) -> None:
+    """Show ``draw(**values)`` as a figure, with ``controls`` that redraw it in a live kernel.
+
+    The figure for the controls' initial values is an ordinary output, so a static page (the
+    rendered book) still shows a meaningful picture; in Jupyter or Colab, moving a control
+    replaces that figure in place.
+    """
+    def values():
+        return {name: control.value for name, control in controls.items()}
+
+    display(widgets.HBox(list(controls.values())))
+    figure = draw(**values())
+    handle = display(figure, display_id=True)
+    plt.close(figure)
+
+    def redraw(_change) -> None:
+        new_figure = draw(**values())
+        handle.update(new_figure)
+        plt.close(new_figure)
+
+    for control in controls.values():
+        control.observe(redraw, names="value")

@@ -1,0 +1,126 @@
+"""Imagined rollouts of a learned model, and the same rollouts replayed in the real environment.
+
+``imagine`` advances many start states at once through a :class:`~wmbook.models.DynamicsModel`
+(one batched forward pass per step). ``replay_real`` plays the same action sequences from the
+same start states in CartPole, so that the two can be compared step by step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from wmbook.envs import set_cartpole_state
+
+
+@dataclass
+class Rollout:
+    """A batch of ``B`` trajectories of ``H`` steps.
+
+    Shapes: ``states`` ``(B, H + 1, obs_dim)`` (``states[:, 0]`` is the start), ``actions``
+    ``(B, H)``, ``rewards`` and ``done_probs`` ``(B, H)``, ``alive`` ``(B, H)`` bool: step ``t``
+    belongs to the trajectory (no termination happened before it).
+    """
+
+    states: torch.Tensor
+    actions: torch.Tensor
+    rewards: torch.Tensor
+    done_probs: torch.Tensor
+    alive: torch.Tensor
+
+    @property
+    def horizon(self) -> int:
+        return self.actions.shape[1]
+
+
+@torch.no_grad()
+def imagine(
+    model,
+    start_states: torch.Tensor,
+    horizon: int,
+    actions: torch.Tensor | None = None,
+    policy: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    done_threshold: float = 0.5,
+) -> Rollout:
+    """Roll ``model`` forward from ``start_states`` (``(B, obs_dim)``) for ``horizon`` steps.
+
+    Give either ``actions`` (``(B, horizon)`` integer, open loop) or ``policy`` (a function
+    from ``(B, obs_dim)`` states to ``(B,)`` actions, closed loop). A trajectory stops being
+    ``alive`` after the first step whose predicted termination probability exceeds
+    ``done_threshold``; later steps are still computed but masked.
+    """
+    if (actions is None) == (policy is None):
+        raise ValueError("give exactly one of `actions` (open loop) or `policy` (closed loop)")
+    if start_states.ndim != 2:
+        raise ValueError(f"start_states must have shape (B, obs_dim), got {tuple(start_states.shape)}")
+    batch = start_states.shape[0]
+    if actions is not None and actions.shape != (batch, horizon):
+        raise ValueError(f"actions must have shape ({batch}, {horizon}), got {tuple(actions.shape)}")
+    device = next(model.parameters()).device
+    state = start_states.to(device, torch.float32)
+    states, taken, rewards, done_probs = [state], [], [], []
+    for t in range(horizon):
+        action = actions[:, t].to(device) if actions is not None else policy(state)
+        prediction = model.predict(state, action)
+        state = prediction.next_obs
+        states.append(state)
+        taken.append(action)
+        rewards.append(prediction.reward)
+        done_probs.append(prediction.done_prob)
+    done_probs_t = torch.stack(done_probs, 1)
+    ended = (done_probs_t > done_threshold).long()
+    # alive[t]: no predicted termination at any step before t
+    alive = torch.cumsum(ended, 1) - ended == 0
+    return Rollout(torch.stack(states, 1), torch.stack(taken, 1), torch.stack(rewards, 1), done_probs_t, alive)
+
+
+@dataclass
+class RealRollout:
+    """Real trajectories. ``states`` ``(B, H + 1, obs_dim)``; ``alive`` ``(B, H)`` as in
+    :class:`Rollout`; ``terminated_at`` ``(B,)`` the step at which the real episode ended
+    (``H`` if it did not)."""
+
+    states: np.ndarray
+    alive: np.ndarray
+    terminated_at: np.ndarray
+
+
+def replay_real(env: gym.Env, start_states: np.ndarray, actions: np.ndarray) -> RealRollout:
+    """Play ``actions`` (``(B, H)``) in CartPole from each of ``start_states`` (``(B, 4)``).
+
+    Each trajectory stops at its real termination; the states after it repeat the last one.
+    """
+    start_states, actions = np.asarray(start_states), np.asarray(actions)
+    if start_states.ndim != 2 or actions.ndim != 2 or actions.shape[0] != start_states.shape[0]:
+        raise ValueError(f"need start_states (B, obs_dim) and actions (B, H); got "
+                         f"{start_states.shape} and {actions.shape}")
+    batch, horizon = actions.shape
+    states = np.repeat(start_states[:, None, :].astype(np.float32), horizon + 1, axis=1)
+    alive = np.zeros((batch, horizon), dtype=bool)
+    terminated_at = np.full(batch, horizon)
+    for i in range(batch):
+        env.reset()
+        set_cartpole_state(env, start_states[i])
+        for t in range(horizon):
+            alive[i, t] = True
+            obs, _, terminated, _, _ = env.step(int(actions[i, t]))
+            states[i, t + 1:] = obs
+            if terminated:
+                terminated_at[i] = t
+                break
+    return RealRollout(states, alive, terminated_at)
+
+
+def rollout_error(imagined: np.ndarray, real: np.ndarray, scale: np.ndarray, alive: np.ndarray) -> np.ndarray:
+    """Per-step error ``(B, H)``: RMS over dimensions of ``(imagined - real) / scale``.
+
+    ``imagined`` and ``real`` are ``(B, H + 1, obs_dim)`` state sequences; steps where ``alive``
+    is false are NaN, so that ``np.nanmedian`` summarises only steps the real system reached.
+    """
+    diff = (np.asarray(imagined)[:, 1:] - np.asarray(real)[:, 1:]) / np.asarray(scale)
+    error = np.sqrt((diff ** 2).mean(-1))
+    return np.where(alive, error, np.nan)
