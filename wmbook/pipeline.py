@@ -10,6 +10,7 @@ notebook that was not validated in its current form.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -125,6 +126,19 @@ def kernel_environment() -> dict[str, str]:
     return env
 
 
+@contextlib.contextmanager
+def _environment(env: dict[str, str]):
+    """Run the body with ``os.environ`` replaced by ``env`` (papermill's kernels inherit it)."""
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 @dataclass
 class ChapterRun:
     chapter: str
@@ -143,24 +157,19 @@ def run_chapter(root: Path, chapter: Chapter, stage: Path, profile: str, seed: i
     output = stage / chapter.source
     output.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    saved_env = dict(os.environ)
-    os.environ.clear()
-    os.environ.update(kernel_environment())
     try:
-        papermill.execute_notebook(
-            str(root / chapter.source), str(output),
-            parameters={"profile": profile, "seed": seed, "device": device},
-            cwd=str(output.parent), kernel_name="python3", progress_bar=False, log_output=verbose,
-        )
+        with _environment(kernel_environment()):
+            papermill.execute_notebook(
+                str(root / chapter.source), str(output),
+                parameters={"profile": profile, "seed": seed, "device": device},
+                cwd=str(output.parent), kernel_name="python3", progress_bar=False, log_output=verbose,
+            )
     except PapermillExecutionError as error:
         first_line = next((line for line in error.source.splitlines() if line.strip()), "")
         message = (f"chapter {chapter.name} failed in cell {error.cell_index} (execution count "
                    f"{error.exec_count}, starting `{first_line.strip()}`): {error.ename}: "
                    f"{error.evalue}\n  partial output kept at {output}")
         return ChapterRun(chapter.name, profile, time.perf_counter() - started, False, message)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved_env)
     return ChapterRun(chapter.name, profile, time.perf_counter() - started, True)
 
 
@@ -233,7 +242,7 @@ def build(root: Path, log=print) -> Path:
     html = root / "_build" / "html"
     if html.exists():
         shutil.rmtree(html)
-    command = [executable, "build", str(stage), "--path-output", str(root), "-W", "-n", "--keep-going", "--all"]
+    command = [executable, "build", str(stage), "--path-output", str(root), "-W", "-n", "--keep-going", "--all", "-q"]
     completed = subprocess.run(command, cwd=root, env=kernel_environment())
     if completed.returncode != 0:
         raise PipelineError("Jupyter Book reported warnings or errors (see above)")

@@ -98,9 +98,12 @@ class DynamicsModel(nn.Module):
             ``(delta_z, reward_z, done_logit)`` of shapes ``(B, obs_dim)``, ``(B,)``, ``(B,)``.
         """
         self._check(obs, action)
-        x = torch.cat([self.obs_norm(obs), F.one_hot(action.long(), self.config.n_actions).to(obs.dtype)], -1)
-        h = self.trunk(x)
-        return self.next_state_head(h), self.reward_head(h).squeeze(-1), self.done_head(h).squeeze(-1)
+        one_hot = F.one_hot(action.long(), self.config.n_actions).to(obs.dtype)
+        h = self.trunk(torch.cat([self.obs_norm(obs), one_hot], dim=-1))
+        delta_z = self.next_state_head(h)
+        reward_z = self.reward_head(h).squeeze(-1)
+        done_logit = self.done_head(h).squeeze(-1)
+        return delta_z, reward_z, done_logit
 
     def predict(self, obs: torch.Tensor, action: torch.Tensor) -> Prediction:
         """Next state, reward and termination probability in environment units."""
@@ -122,12 +125,17 @@ class DynamicsModel(nn.Module):
         binary cross-entropy against ``terminated`` (a time-limit truncation is not an end).
         """
         delta_z, reward_z, done_logit = self(batch.obs, batch.action)
+        delta_target = self.delta_norm(batch.next_obs - batch.obs)
+        reward_target = self.reward_norm(batch.reward.unsqueeze(-1)).squeeze(-1)
+        done_target = batch.terminated.to(done_logit.dtype)
         parts = {
-            "next_state": F.mse_loss(delta_z, self.delta_norm(batch.next_obs - batch.obs)),
-            "reward": F.mse_loss(reward_z, self.reward_norm(batch.reward.unsqueeze(-1)).squeeze(-1)),
-            "done": F.binary_cross_entropy_with_logits(done_logit, batch.terminated.to(done_logit.dtype)),
+            "next_state": F.mse_loss(delta_z, delta_target),
+            "reward": F.mse_loss(reward_z, reward_target),
+            "done": F.binary_cross_entropy_with_logits(done_logit, done_target),
         }
-        total = parts["next_state"] + self.config.reward_weight * parts["reward"] + self.config.done_weight * parts["done"]
+        weights = {"next_state": 1.0, "reward": self.config.reward_weight,
+                   "done": self.config.done_weight}
+        total = sum(weights[key] * parts[key] for key in parts)
         return total, parts
 
     # -- checkpoints --------------------------------------------------------------------
@@ -276,12 +284,12 @@ def train_dynamics(
         sums = dict.fromkeys(("total", *LOSS_COMPONENTS), 0.0)
         order = torch.randperm(len(train), generator=shuffle).to(device)
         for step in range(steps_per_epoch):
-            batch = train.index(order[step * config.batch_size:(step + 1) * config.batch_size])
-            total, parts = model.loss(batch)
+            rows = order[step * config.batch_size:(step + 1) * config.batch_size]
+            total, parts = model.loss(train.index(rows))
             if not torch.isfinite(total):
                 raise FloatingPointError(
-                    f"training diverged at epoch {epoch}, step {step}: loss is {total.item()}; "
-                    f"try a lower learning rate than {config.lr}")
+                    f"training diverged at epoch {epoch}, step {step}: loss is "
+                    f"{total.item()}; try a lower learning rate than {config.lr}")
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -296,21 +304,23 @@ def train_dynamics(
             history.val[key].append(val_losses[key])
         history.lr.append(schedule.get_last_lr()[0])
 
-        if val_losses["total"] < history.best_val:
+        if val_losses["total"] < history.best_val:  # early stopping bookkeeping
             history.best_val, history.best_epoch, waited = val_losses["total"], epoch, 0
             best_state = copy.deepcopy(model.state_dict())
         else:
             waited += 1
-        history.stopped_early = waited >= config.patience and epoch < config.epochs - 1
+        last_epoch = epoch == config.epochs - 1
+        history.stopped_early = waited >= config.patience and not last_epoch
         history.seconds = time.perf_counter() - started
-        bar.set_postfix(train=f"{history.train['total'][-1]:.2e}", val=f"{val_losses['total']:.2e}")
-        finished = history.stopped_early or epoch == config.epochs - 1
+        bar.set_postfix(train=f"{history.train['total'][-1]:.2e}",
+                        val=f"{val_losses['total']:.2e}")
+        finished = history.stopped_early or last_epoch
         if checkpoint_path:
             save_checkpoint(checkpoint_path, "DynamicsTraining", {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "schedule": schedule.state_dict(), "shuffle": shuffle.get_state(),
-                "best_state": best_state, "waited": waited, "epoch": epoch, "done": finished,
-                "history": dataclasses.asdict(history),
+                "best_state": best_state, "waited": waited, "epoch": epoch,
+                "done": finished, "history": dataclasses.asdict(history),
             })
         if finished:
             break

@@ -1,0 +1,93 @@
+"""The book's sources: clean notebooks, consistent configuration, one parameters cell each."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from wmbook import pipeline
+from wmbook.profiles import PROFILE_NAMES, PROFILES
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAPTERS = pipeline.chapters(ROOT)
+CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
+
+
+def _notebook(chapter):
+    return nbformat.read(ROOT / chapter.source, as_version=4)
+
+
+def test_toc_lists_chapters():
+    assert CHAPTERS, "_toc.yml lists no chapter notebooks"
+    assert CHAPTERS[0].name == "01_world_model"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda c: c.name)
+def test_sources_have_no_outputs(chapter):
+    dirty = [i for i, cell in enumerate(_notebook(chapter).cells)
+             if cell.cell_type == "code" and (cell.outputs or cell.execution_count)]
+    assert not dirty, f"{chapter.source}: code cells {dirty} hold outputs; strip them before committing"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda c: c.name)
+def test_one_parameters_cell_with_profile_seed_device(chapter):
+    cells = [c for c in _notebook(chapter).cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(cells) == 1, f"{chapter.source} needs exactly one cell tagged 'parameters'"
+    names = set(re.findall(r"^(\w+)\s*=", cells[0].source, re.M))
+    assert {"profile", "seed", "device"} <= names
+    assert re.search(r'^profile\s*=\s*"full"', cells[0].source, re.M), "the default profile must be full"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda c: c.name)
+def test_chapter_has_every_profile(chapter):
+    assert chapter.name in PROFILES, f"{chapter.name} has no entry in wmbook.profiles.PROFILES"
+    assert set(PROFILES[chapter.name]) == set(PROFILE_NAMES)
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda c: c.name)
+def test_install_cell_uses_the_configured_repository(chapter):
+    url = CONFIG["repository"]["url"]
+    first_code = next(c for c in _notebook(chapter).cells if c.cell_type == "code")
+    assert "pip" in first_code.source and "wmbook" in first_code.source, "first code cell must install wmbook"
+    assert f"\"{url}\"" in first_code.source, f"install cell must use the repository URL of _config.yml ({url})"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda c: c.name)
+def test_every_glued_name_in_the_prose_is_glued_by_the_code(chapter):
+    notebook = _notebook(chapter)
+    prose = "\n".join(c.source for c in notebook.cells if c.cell_type == "markdown")
+    code = "\n".join(c.source for c in notebook.cells if c.cell_type == "code")
+    used = set(re.findall(r"\{glue(?::\w+)?\}`([\w]+)", prose))
+    glued = set(re.findall(r"""\.glue\(\s*["'](\w+)["']""", code))
+    assert used, f"{chapter.source} glues no result into its prose"
+    assert used <= glued, f"glued in prose but never computed: {sorted(used - glued)}"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda c: c.name)
+def test_progress_bar_cells_are_the_only_ignored_outputs(chapter):
+    for cell in _notebook(chapter).cells:
+        if "nbval-ignore-output" in cell.metadata.get("tags", []):
+            assert "train" in cell.source or "tqdm" in cell.source or "time" in cell.source, (
+                "only cells printing progress bars or timings may skip output validation:\n" + cell.source)
+
+
+def test_config_launches_colab_and_builds_from_executed_copies():
+    assert CONFIG["launch_buttons"]["colab_url"] == "https://colab.research.google.com"
+    assert CONFIG["execute"]["execute_notebooks"] == "off"
+    for bib in CONFIG["bibtex_bibfiles"]:
+        assert (ROOT / bib).is_file()
+
+
+def test_cited_keys_exist_in_the_bibliography():
+    bib = (ROOT / "book" / "references.bib").read_text()
+    keys = set(re.findall(r"@\w+\{(\w+),", bib))
+    texts = [p.read_text() for p in (ROOT / "book").glob("*.md")]
+    texts += ["\n".join(c.source for c in _notebook(ch).cells) for ch in CHAPTERS]
+    cited = {key.strip() for text in texts for group in re.findall(r"\{cite(?::\w+)?\}`([^`]+)`", text)
+             for key in group.split(",")}
+    assert cited, "no citations found"
+    assert cited <= keys, f"cited but missing from references.bib: {sorted(cited - keys)}"
