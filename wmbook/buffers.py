@@ -119,13 +119,18 @@ class ReplayBuffer:
     def add(self, obs, action, reward, next_obs, terminated: bool, truncated: bool = False) -> None:
         """Store one transition, overwriting the oldest once the buffer is full."""
         action_kinds = "iub" if self.action_dtype.kind in "iu" else "fiu"
+        # check every field before writing any, so a rejected transition changes nothing
+        checked = {
+            "obs": self._checked("obs", obs, self.obs_shape, "fiub", True),
+            "action": self._checked("action", action, self.action_shape, action_kinds, True),
+            "reward": self._checked("reward", reward, (), "fiub", True),
+            "next_obs": self._checked("next_obs", next_obs, self.obs_shape, "fiub", True),
+            "terminated": self._checked("terminated", terminated, (), "biu", False),
+            "truncated": self._checked("truncated", truncated, (), "biu", False),
+        }
         i = self._next
-        self.obs[i] = self._checked("obs", obs, self.obs_shape, "fiub", True)
-        self.action[i] = self._checked("action", action, self.action_shape, action_kinds, True)
-        self.reward[i] = self._checked("reward", reward, (), "fiub", True)
-        self.next_obs[i] = self._checked("next_obs", next_obs, self.obs_shape, "fiub", True)
-        self.terminated[i] = self._checked("terminated", terminated, (), "biu", False)
-        self.truncated[i] = self._checked("truncated", truncated, (), "biu", False)
+        for key, value in checked.items():
+            getattr(self, key)[i] = value
         self._next = (i + 1) % self.capacity
         self._size = min(self._size + 1, self.capacity)
 
@@ -223,8 +228,9 @@ class ReplayBuffer:
             buffer = cls(meta["capacity"], tuple(meta["obs_shape"]), tuple(meta["action_shape"]),
                          np.dtype(meta["action_dtype"]))
             size, next_slot = int(meta["size"]), int(meta["next"])
+            buffer.rng.bit_generator.state = meta["rng_state"]
         except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"{path} has malformed buffer metadata: {error}") from error
+            raise ValueError(f"{path} has malformed buffer metadata: {error!r}") from error
         if meta.get("format") != _BUFFER_FORMAT:
             raise ValueError(f"{path} has buffer format {meta.get('format')!r}, expected {_BUFFER_FORMAT}")
         for key in _FIELDS:
@@ -238,5 +244,4 @@ class ReplayBuffer:
         if not (0 <= size <= buffer.capacity and 0 <= next_slot < buffer.capacity):
             raise ValueError(f"{path}: size {size} / position {next_slot} do not fit capacity {buffer.capacity}")
         buffer._size, buffer._next = size, next_slot
-        buffer.rng.bit_generator.state = meta["rng_state"]
         return buffer

@@ -10,6 +10,7 @@ Every chapter starts with::
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import platform
 import random
@@ -140,8 +141,12 @@ def to_device(batch: Any, device: torch.device | str) -> Any:
         return batch.to(device)
     if isinstance(batch, np.ndarray):
         return to_device(torch.from_numpy(batch), device)
+    if isinstance(batch, dict):  # keeps dict subclasses (OrderedDict, defaultdict, ...)
+        moved = copy.copy(batch)
+        moved.update((key, to_device(value, device)) for key, value in batch.items())
+        return moved
     if isinstance(batch, Mapping):
-        return type(batch)((key, to_device(value, device)) for key, value in batch.items())
+        return {key: to_device(value, device) for key, value in batch.items()}
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
         return type(batch)(*(to_device(value, device) for value in batch))
     if isinstance(batch, Sequence) and not isinstance(batch, (str, bytes)):

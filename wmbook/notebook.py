@@ -9,6 +9,7 @@ from typing import Any
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
+import numpy as np
 from IPython.display import Markdown, display
 
 from wmbook.checkpoint import write_json
@@ -51,8 +52,14 @@ class Results:
         self.values: dict[str, Any] = {}
 
     def glue(self, name: str, value: Any) -> None:
-        """Record ``value`` and glue it for the prose (returns nothing, so it never prints)."""
+        """Record ``value`` (a number or a string) and glue it for the prose.
+
+        Returns nothing, so a call at the end of a cell never prints.
+        """
         if hasattr(value, "item"):  # NumPy/torch scalars: glue plain Python numbers
+            count = value.numel() if hasattr(value, "numel") else np.size(value)
+            if count != 1:
+                raise ValueError(f"glue {name!r}: expected a scalar, got shape {tuple(value.shape)}")
             value = value.item()
         self.values[name] = value
         try:

@@ -53,6 +53,8 @@ def imagine(
     ``alive`` after the first step whose predicted termination probability exceeds
     ``done_threshold``; later steps are still computed but masked.
     """
+    if horizon < 1:
+        raise ValueError(f"horizon must be at least 1 step, got {horizon}")
     if (actions is None) == (policy is None):
         raise ValueError("give exactly one of `actions` (open loop) or `policy` (closed loop)")
     if start_states.ndim != 2:

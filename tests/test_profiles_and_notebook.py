@@ -1,0 +1,176 @@
+"""wmbook.profiles (chapter budgets) and wmbook.notebook (Results, show_source)."""
+
+import dataclasses
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from wmbook import notebook
+from wmbook.notebook import Results, show_source
+from wmbook.profiles import PROFILE_NAMES, PROFILES, describe, get_profile
+
+# -- profiles ---------------------------------------------------------------------------
+
+
+def test_get_profile_known_chapter():
+    full = get_profile("01_world_model", "full")
+    ci = get_profile("01_world_model", "ci")
+    assert full is PROFILES["01_world_model"]["full"]
+    assert full.check_headline and not ci.check_headline
+    assert ci.train_steps < full.train_steps and ci.epochs <= full.epochs
+
+
+def test_unknown_profile_names_the_choices():
+    with pytest.raises(ValueError) as info:
+        get_profile("01_world_model", "fast")
+    assert "'fast'" in str(info.value)
+    for name in PROFILE_NAMES:
+        assert name in str(info.value)
+
+
+def test_unknown_chapter_raises_key_error_naming_known_chapters():
+    with pytest.raises(KeyError, match="01_world_model"):
+        get_profile("99_missing", "full")
+
+
+@pytest.mark.parametrize("chapter", sorted(PROFILES))
+def test_every_chapter_has_both_profiles_of_one_type(chapter):
+    assert set(PROFILES[chapter]) == set(PROFILE_NAMES) == {"full", "ci"}
+    full, ci = PROFILES[chapter]["full"], PROFILES[chapter]["ci"]
+    assert type(full) is type(ci) and dataclasses.is_dataclass(full)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        full.epochs = 1  # budgets are read-only
+    described = describe(ci)
+    assert described == dataclasses.asdict(ci) and json.loads(json.dumps(described)) == described
+
+
+# -- Results ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def glued(monkeypatch):
+    """Capture myst_nb.glue calls (no IPython kernel needed)."""
+    calls = []
+    myst_nb = pytest.importorskip("myst_nb")
+    monkeypatch.setattr(myst_nb, "glue", lambda name, value, display=True: calls.append((name, value, display)))
+    return calls
+
+
+def test_results_glue_records_plain_values(glued):
+    results = Results("01_world_model", "ci", 3, "cpu")
+    results.glue("mse", np.float32(0.25))
+    results.glue("n", torch.tensor(7))
+    results.glue("label", "small")
+    assert results.values == {"mse": 0.25, "n": 7, "label": "small"}
+    assert type(results.values["mse"]) is float and type(results.values["n"]) is int
+    assert glued == [("mse", 0.25, False), ("n", 7, False), ("label", "small", False)]
+
+
+def test_results_glue_without_myst_nb(monkeypatch):
+    monkeypatch.setitem(sys.modules, "myst_nb", None)  # import fails, as on Colab
+    results = Results("01_world_model", "full", 0, "cpu")
+    results.glue("score", np.int64(4))
+    assert results.values == {"score": 4}
+
+
+def test_results_glue_outside_a_kernel_does_not_fail():
+    results = Results("01_world_model", "ci", 0, "cpu")
+    results.glue("value", 1.5)  # the real myst_nb.glue, with no IPython kernel
+    assert results.values == {"value": 1.5}
+
+
+@pytest.mark.parametrize("array", [np.zeros(3), torch.zeros(2, 2)], ids=["numpy", "torch"])
+def test_results_glue_refuses_arrays(glued, array):
+    results = Results("01_world_model", "ci", 0, "cpu")
+    with pytest.raises(ValueError, match="expected a scalar"):
+        results.glue("curve", array)
+    assert results.values == {} and glued == []
+
+
+def test_results_write(glued, tmp_path):
+    results = Results("01_world_model", "ci", 11, torch.device("cpu"))
+    results.glue("f1", np.float64(0.5))
+    results.record("seconds", np.float32(2.0))
+    path = results.write(tmp_path / "out" / "results.json")
+    assert path == tmp_path / "out" / "results.json"
+    data = json.loads(path.read_text())
+    assert set(data) == {"chapter", "profile", "seed", "environment", "results"}
+    assert (data["chapter"], data["profile"], data["seed"]) == ("01_world_model", "ci", 11)
+    assert data["environment"]["device"] == "cpu" and "torch" in data["environment"]
+    assert data["results"] == {"f1": 0.5, "seconds": 2.0}
+    assert [name for name, *_ in glued] == ["f1"]  # record() does not glue
+
+
+# -- show_source ------------------------------------------------------------------------
+
+
+def sample_function(x):
+    """A docstring that
+    spans lines."""
+    y = x + 1
+    z = y * 2  # marker
+    return z
+
+
+class SampleClass:
+    def method(self):
+        first = 1
+        second = 2
+        return first + second
+
+
+@pytest.fixture
+def shown(monkeypatch):
+    captured = []
+    monkeypatch.setattr(notebook, "display", captured.append)
+    return captured
+
+
+def _code(markdown) -> list[str]:
+    text = markdown.data
+    body = text.split("```python\n", 1)[1]
+    assert body.endswith("\n```")
+    return body[: -len("\n```")].splitlines()
+
+
+def test_show_source_whole_function(shown):
+    show_source(sample_function)
+    assert len(shown) == 1
+    assert shown[0].data.startswith(f"`{__name__}.sample_function`")
+    lines = _code(shown[0])
+    assert lines[0] == "def sample_function(x):"
+    assert lines[-1] == "    return z"
+
+
+def test_show_source_start_and_stop(shown):
+    show_source(sample_function, start="y = x", stop="return")
+    assert _code(shown[0]) == ["y = x + 1", "z = y * 2  # marker"]  # dedented, stop line left out
+
+
+def test_show_source_start_only_and_stop_only(shown):
+    show_source(sample_function, start="z = y")
+    show_source(sample_function, stop='"""A docstring')
+    assert _code(shown[0]) == ["z = y * 2  # marker", "return z"]
+    assert _code(shown[1]) == ["def sample_function(x):"]
+
+
+def test_show_source_stop_is_searched_after_start(shown):
+    show_source(sample_function, start="z = y", stop="z")  # the start line itself does not stop it
+    assert _code(shown[0]) == ["z = y * 2  # marker"]
+
+
+def test_show_source_method(shown):
+    show_source(SampleClass.method, start="second")
+    assert shown[0].data.startswith(f"`{__name__}.SampleClass.method`")
+    assert _code(shown[0]) == ["second = 2", "return first + second"]
+
+
+def test_show_source_missing_text_raises(shown):
+    with pytest.raises(ValueError, match="'nowhere' does not occur in the source of sample_function"):
+        show_source(sample_function, start="nowhere")
+    with pytest.raises(ValueError, match="does not occur"):
+        show_source(sample_function, start="return", stop="y = x")  # only before start
+    assert shown == []
