@@ -192,7 +192,7 @@ class TrainHistory:
     val: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in ("total", *LOSS_COMPONENTS)})
     lr: list[float] = field(default_factory=list)
     initial_val: float = math.nan  # validation loss before the first update
-    best_epoch: int = -1
+    best_epoch: int = -1  # -1: no epoch beat the starting weights
     best_val: float = math.inf
     stopped_early: bool = False
     seconds: float = 0.0
@@ -245,7 +245,8 @@ def train_dynamics(
     path resumes where the last completed epoch left off, giving the same result as an
     uninterrupted run.
 
-    Returns the :class:`TrainHistory`; ``model`` ends with the weights of the best epoch.
+    Returns the :class:`TrainHistory`; ``model`` ends with the weights that scored best on
+    ``val``: those of the best epoch, or the starting weights if no epoch improved on them.
     """
     config = config or TrainConfig()
     check_transitions(train, model.config, "train")
@@ -274,7 +275,9 @@ def train_dynamics(
             start_epoch = config.epochs  # already finished: only restore the best weights
     else:
         model.fit_normalizers(train)
-        history.initial_val = _mean_losses(model, val)["total"]
+        # the starting weights compete too: a warm-started model may already be the best
+        history.initial_val = history.best_val = _mean_losses(model, val)["total"]
+        best_state = copy.deepcopy(model.state_dict())
 
     started = time.perf_counter() - history.seconds
     bar = tqdm(range(start_epoch, config.epochs), desc="train world model", disable=not progress,
@@ -361,11 +364,12 @@ class DynamicsEvaluation:
     done_true: np.ndarray
     done_prob: np.ndarray
 
-    def summary(self) -> dict[str, float]:
+    def summary(self) -> dict[str, float | int]:
         """The scalar metrics, for tables and results files."""
-        return {key: float(getattr(self, key)) for key in (
+        metrics = {key: float(getattr(self, key)) for key in (
             "next_state_mse", "state_mse", "reward_mse", "done_f1", "done_precision",
-            "done_recall", "done_brier", "n", "n_terminal")}
+            "done_recall", "done_brier")}
+        return {**metrics, "n": int(self.n), "n_terminal": int(self.n_terminal)}
 
 
 @torch.no_grad()
