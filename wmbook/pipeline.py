@@ -163,6 +163,8 @@ def run_chapter(root: Path, chapter: Chapter, stage: Path, profile: str, seed: i
                 str(root / chapter.source), str(output),
                 parameters={"profile": profile, "seed": seed, "device": device},
                 cwd=str(output.parent), kernel_name="python3", progress_bar=False, log_output=verbose,
+                # the kernel's own start-up notices are noise here; cell errors still surface
+                extra_arguments=["--IPKernelApp.log_level=ERROR"],
             )
     except PapermillExecutionError as error:
         first_line = next((line for line in error.source.splitlines() if line.strip()), "")
