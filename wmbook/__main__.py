@@ -10,7 +10,6 @@ import argparse
 import sys
 import time
 
-from wmbook import pipeline
 from wmbook.device import DEVICE_CHOICES
 from wmbook.profiles import PROFILE_NAMES
 
@@ -39,6 +38,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        from wmbook import pipeline
+    except ImportError as error:  # the book's tools are an optional extra of the package
+        print(f"error: {error.name} is missing; install the book's tools with "
+              "pip install -e '.[book]'", file=sys.stderr)
+        return 1
     started = time.perf_counter()
     try:
         root = pipeline.find_root()
