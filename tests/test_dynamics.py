@@ -121,7 +121,7 @@ def test_normalizer_stats_are_carried_in_the_state_dict(cartpole_data):
     fresh.eval()
     a = model.predict(train.obs[:8], train.action[:8])
     b = fresh.predict(train.obs[:8], train.action[:8])
-    for x, y in zip(a, b):
+    for x, y in zip(a[:3], b[:3]):  # next_obs, reward, done_prob
         assert torch.equal(x, y)
 
 
@@ -377,7 +377,7 @@ def test_save_load_round_trip_gives_identical_predictions(trained_model, cartpol
     assert loaded.config == model.config
     loaded.eval()
     obs, action = val.obs[:50], val.action[:50]
-    for a, b in zip(model.predict(obs, action), loaded.predict(obs, action)):
+    for a, b in zip(model.predict(obs, action)[:3], loaded.predict(obs, action)[:3]):
         assert torch.equal(a, b)
 
 

@@ -49,6 +49,17 @@ class Transitions:
         """The transitions at ``idx`` (a slice, or an index tensor on the same device)."""
         return Transitions(*(getattr(self, f.name)[idx] for f in fields(self)))
 
+    def step(self, t: int) -> "Transitions":
+        """Step ``t`` of a batch of windows ``(B, k, ...)``, as a batch of transitions ``(B, ...)``."""
+        return Transitions(*(getattr(self, f.name)[:, t] for f in fields(self)))
+
+    def flatten(self) -> "Transitions":
+        """Windows ``(B, k, ...)`` as ``B * k`` single transitions (single transitions unchanged)."""
+        if self.reward.ndim == 1:
+            return self
+        batch_dims = self.reward.ndim
+        return Transitions(*(getattr(self, f.name).flatten(0, batch_dims - 1) for f in fields(self)))
+
 
 # NumPy dtype kinds each field accepts, and how an error message names them.
 _KIND_NAMES = {"fiub": "numeric", "fiu": "numeric", "iub": "integer", "biu": "bool"}
@@ -180,6 +191,26 @@ class ReplayBuffer:
     def all(self, device: torch.device | str = "cpu") -> Transitions:
         """Every stored transition, oldest first, as tensors on ``device``."""
         return self._gather(self.chronological_indices(), device)
+
+    def windows(self, length: int, device: torch.device | str = "cpu") -> Transitions:
+        """Every run of ``length`` consecutive transitions of one episode, as ``Transitions``
+        of shape ``(N, length, ...)``, oldest first.
+
+        A window may end with an episode's last transition but never crosses an episode end.
+        Consecutiveness is checked on the data (each ``next_obs`` is the following ``obs``), so
+        separately collected batches are never joined.
+        """
+        if length < 1:
+            raise ValueError(f"window length must be at least 1, got {length}")
+        order = self.chronological_indices()
+        ended = self.terminated[order] | self.truncated[order]
+        joined = ~ended[:-1] & np.all(self.next_obs[order[:-1]] == self.obs[order[1:]], axis=1)
+        # a window starting at position p needs links p -> p+1, ..., p+length-2 all joined
+        broken = np.concatenate([[0], np.cumsum(~joined)])
+        starts = np.arange(max(0, self._size - length + 1))
+        valid = starts[broken[starts + length - 1] - broken[starts] == 0]
+        positions = order[valid[:, None] + np.arange(length)[None, :]]
+        return self._gather(positions, device)
 
     @property
     def episode_starts(self) -> np.ndarray:

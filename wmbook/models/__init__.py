@@ -8,12 +8,15 @@ from wmbook.models.dynamics import (
     TrainConfig,
     TrainHistory,
     evaluate_dynamics,
+    multistep_loss,
     train_dynamics,
 )
+from wmbook.models.ensemble import DynamicsEnsemble, train_ensemble
 from wmbook.models.layers import Normalizer, mlp
 
 __all__ = [
     "DynamicsConfig",
+    "DynamicsEnsemble",
     "DynamicsEvaluation",
     "DynamicsModel",
     "Normalizer",
@@ -22,5 +25,7 @@ __all__ = [
     "TrainHistory",
     "evaluate_dynamics",
     "mlp",
+    "multistep_loss",
     "train_dynamics",
+    "train_ensemble",
 ]

@@ -49,11 +49,13 @@ class DynamicsConfig:
 
 
 class Prediction(NamedTuple):
-    """A model prediction in environment units. Shapes: ``(B, obs_dim)``, ``(B,)``, ``(B,)``."""
+    """A model prediction in environment units. Shapes: ``(B, obs_dim)``, ``(B,)``, ``(B,)``;
+    ensembles add ``disagreement`` ``(B,)``, the spread of their members' next states."""
 
     next_obs: torch.Tensor
     reward: torch.Tensor
     done_prob: torch.Tensor
+    disagreement: torch.Tensor | None = None
 
 
 class DynamicsModel(nn.Module):
@@ -118,13 +120,15 @@ class DynamicsModel(nn.Module):
         reward = self.reward_norm.inverse(reward_z.unsqueeze(-1)).squeeze(-1)
         return Prediction(next_obs, reward, torch.sigmoid(done_logit))
 
-    def loss(self, batch: Transitions) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(self, batch: Transitions, outputs: tuple | None = None
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Weighted sum of the three head losses, and each component by name.
 
         ``next_state`` and ``reward`` are mean squared errors in normalised units, ``done`` is
         binary cross-entropy against ``terminated`` (a time-limit truncation is not an end).
+        ``outputs``: the head outputs for ``batch`` if already computed.
         """
-        delta_z, reward_z, done_logit = self(batch.obs, batch.action)
+        delta_z, reward_z, done_logit = outputs or self(batch.obs, batch.action)
         delta_target = self.delta_norm(batch.next_obs - batch.obs)
         reward_target = self.reward_norm(batch.reward.unsqueeze(-1)).squeeze(-1)
         done_target = batch.terminated.to(done_logit.dtype)
@@ -161,6 +165,34 @@ class DynamicsModel(nn.Module):
         except RuntimeError as error:
             raise ValueError(f"{path}: weights do not fit the stored config: {error}") from error
         return model.to(map_location)
+
+
+def multistep_loss(model: DynamicsModel, windows: Transitions
+                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Mean one-step loss along an imagined rollout of real windows ``(B, k, ...)``.
+
+    Only the first state is real: from then on the model's input is its own previous
+    prediction, while every target is the real next state. Gradients flow back through the
+    whole rollout, so training penalises exactly the errors that compound in imagination.
+    """
+    k = windows.obs.shape[1]
+    obs = windows.obs[:, 0]
+    total, parts = 0.0, dict.fromkeys(LOSS_COMPONENTS, 0.0)
+    for t in range(k):
+        real = windows.step(t)
+        step = Transitions(obs, real.action, real.reward, real.next_obs, real.terminated,
+                           real.truncated)
+        outputs = model(step.obs, step.action)
+        step_total, step_parts = model.loss(step, outputs)
+        total = total + step_total / k
+        parts = {key: parts[key] + step_parts[key] / k for key in parts}
+        obs = obs + model.delta_norm.inverse(outputs[0])  # feed the prediction back in
+    return total, parts
+
+
+def batch_loss(model: DynamicsModel, batch: Transitions):
+    """One-step loss for transitions ``(B, ...)``, multi-step loss for windows ``(B, k, ...)``."""
+    return multistep_loss(model, batch) if batch.reward.ndim == 2 else model.loss(batch)
 
 
 # -- training ---------------------------------------------------------------------------
@@ -204,6 +236,7 @@ class TrainHistory:
 
 def check_transitions(data: Transitions, config: DynamicsConfig, name: str) -> None:
     """Fail early, naming the problem, if ``data`` cannot train or test a model of ``config``."""
+    data = data.flatten()
     if len(data) == 0:
         raise ValueError(f"{name} holds no transitions")
     for key in ("obs", "next_obs"):
@@ -223,7 +256,7 @@ def _mean_losses(model: DynamicsModel, data: Transitions, batch_size: int = 8192
     sums = dict.fromkeys(("total", *LOSS_COMPONENTS), 0.0)
     for start in range(0, len(data), batch_size):
         batch = data.index(slice(start, start + batch_size))
-        total, parts = model.loss(batch)
+        total, parts = batch_loss(model, batch)
         for key, value in {"total": total, **parts}.items():
             sums[key] += value.item() * len(batch)
     return {key: value / len(data) for key, value in sums.items()}
@@ -239,6 +272,10 @@ def train_dynamics(
     checkpoint_path: str | Path | None = None,
 ) -> TrainHistory:
     """Fit ``model`` to ``train`` by minibatch gradient descent, early-stopping on ``val``.
+
+    ``train`` and ``val`` hold single transitions ``(N, ...)``, trained with the one-step
+    loss, or windows ``(N, k, ...)`` from :meth:`~wmbook.buffers.ReplayBuffer.windows`,
+    trained with :func:`multistep_loss`.
 
     With ``checkpoint_path``, the full training state (weights, optimiser, schedule, shuffling
     generator, history) is written atomically after every epoch, and a later call with the same
@@ -256,7 +293,8 @@ def train_dynamics(
     model.to(device)
 
     steps_per_epoch = max(1, len(train) // config.batch_size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                                  fused=device.type in ("cpu", "cuda"))  # one kernel per step
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr,
                                                    total_steps=config.epochs * steps_per_epoch)
     shuffle = torch.Generator().manual_seed(config.seed)
@@ -288,7 +326,7 @@ def train_dynamics(
         order = torch.randperm(len(train), generator=shuffle).to(device)
         for step in range(steps_per_epoch):
             rows = order[step * config.batch_size:(step + 1) * config.batch_size]
-            total, parts = model.loss(train.index(rows))
+            total, parts = batch_loss(model, train.index(rows))
             if not torch.isfinite(total):
                 raise FloatingPointError(
                     f"training diverged at epoch {epoch}, step {step}: loss is "

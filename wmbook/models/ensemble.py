@@ -1,0 +1,78 @@
+"""A bootstrapped ensemble of :class:`~wmbook.models.dynamics.DynamicsModel` members.
+
+Each member is an ordinary single model, trained by the same ``train_dynamics`` on its own
+bootstrap resample of the data and from its own random initialisation. The ensemble predicts
+the members' mean, and their disagreement tells where the data leaves the model unsure
+(Chua et al., 2018; Janner et al., 2019).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from wmbook.buffers import Transitions
+from wmbook.checkpoint import load_checkpoint, save_checkpoint
+from wmbook.models.dynamics import (
+    DynamicsConfig, DynamicsModel, Prediction, TrainConfig, TrainHistory, train_dynamics)
+
+
+class DynamicsEnsemble(nn.Module):
+    """``n_members`` independent dynamics models with a mean prediction and a disagreement."""
+
+    def __init__(self, config: DynamicsConfig | None = None, n_members: int = 5):
+        super().__init__()
+        if n_members < 2:
+            raise ValueError(f"an ensemble needs at least 2 members, got {n_members}")
+        self.config = config or DynamicsConfig()
+        self.members = nn.ModuleList(DynamicsModel(self.config) for _ in range(n_members))
+
+    def predict_members(self, obs: torch.Tensor, action: torch.Tensor) -> Prediction:
+        """Every member's prediction, stacked: shapes ``(M, B, obs_dim)``, ``(M, B)``, ``(M, B)``."""
+        predictions = [member.predict(obs, action) for member in self.members]
+        return Prediction(*(torch.stack(parts) for parts in zip(*[p[:3] for p in predictions])))
+
+    def predict(self, obs: torch.Tensor, action: torch.Tensor) -> Prediction:
+        """The members' mean prediction, and their disagreement ``(B,)``: the standard
+        deviation across members of the predicted next state, in units of the spread of the
+        one-step change, averaged over state dimensions."""
+        members = self.predict_members(obs, action)
+        change_std = self.members[0].delta_norm.std
+        disagreement = (members.next_obs.std(0) / change_std).mean(-1)
+        return Prediction(members.next_obs.mean(0), members.reward.mean(0),
+                          members.done_prob.mean(0), disagreement)
+
+    def save(self, path: str | Path) -> Path:
+        """Write config, member count and every member's weights to ``path``, atomically."""
+        return save_checkpoint(path, "DynamicsEnsemble", {
+            "config": dataclasses.asdict(self.config),
+            "n_members": len(self.members),
+            "state_dict": {key: value.detach().cpu() for key, value in self.state_dict().items()},
+        })
+
+    @classmethod
+    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "DynamicsEnsemble":
+        data = load_checkpoint(path, "DynamicsEnsemble", map_location)
+        ensemble = cls(DynamicsConfig(**data["config"]), data["n_members"])
+        ensemble.load_state_dict(data["state_dict"])
+        return ensemble.to(map_location)
+
+
+def train_ensemble(ensemble: DynamicsEnsemble, train: Transitions, val: Transitions,
+                   config: TrainConfig | None = None, device: torch.device | str = "cpu",
+                   progress: bool = True) -> list[TrainHistory]:
+    """Train each member with :func:`train_dynamics` on a bootstrap resample of ``train``
+    (drawn with replacement, seeded by ``config.seed`` and the member's index)."""
+    config = config or TrainConfig()
+    histories = []
+    for index, member in enumerate(ensemble.members):
+        resample = torch.Generator().manual_seed(config.seed * 1000 + index)
+        rows = torch.randint(len(train), (len(train),), generator=resample)
+        member_config = dataclasses.replace(config, seed=config.seed * 1000 + index)
+        histories.append(train_dynamics(member, train.index(rows), val, member_config,
+                                        device=device, progress=progress))
+    ensemble.eval()
+    return histories
