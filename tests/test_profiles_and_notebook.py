@@ -20,7 +20,7 @@ def test_get_profile_known_chapter():
     ci = get_profile("01_world_model", "ci")
     assert full is PROFILES["01_world_model"]["full"]
     assert full.check_headline and not ci.check_headline
-    assert ci.train_steps < full.train_steps and ci.epochs <= full.epochs
+    assert ci.model.train_steps < full.model.train_steps and ci.model.epochs <= full.model.epochs
 
 
 def test_unknown_profile_names_the_choices():

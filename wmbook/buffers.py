@@ -49,6 +49,11 @@ class Transitions:
         """The transitions at ``idx`` (a slice, or an index tensor on the same device)."""
         return Transitions(*(getattr(self, f.name)[idx] for f in fields(self)))
 
+    @staticmethod
+    def cat(batches: "list[Transitions]") -> "Transitions":
+        """Several batches joined into one, in order."""
+        return Transitions(*(torch.cat([getattr(b, f.name) for b in batches]) for f in fields(Transitions)))
+
     def step(self, t: int) -> "Transitions":
         """Step ``t`` of a batch of windows ``(B, k, ...)``, as a batch of transitions ``(B, ...)``."""
         return Transitions(*(getattr(self, f.name)[:, t] for f in fields(self)))
@@ -204,7 +209,8 @@ class ReplayBuffer:
             raise ValueError(f"window length must be at least 1, got {length}")
         order = self.chronological_indices()
         ended = self.terminated[order] | self.truncated[order]
-        joined = ~ended[:-1] & np.all(self.next_obs[order[:-1]] == self.obs[order[1:]], axis=1)
+        same = self.next_obs[order[:-1]] == self.obs[order[1:]]
+        joined = ~ended[:-1] & np.all(same, axis=tuple(range(1, same.ndim)))
         # a window starting at position p needs links p -> p+1, ..., p+length-2 all joined
         broken = np.concatenate([[0], np.cumsum(~joined)])
         starts = np.arange(max(0, self._size - length + 1))

@@ -146,3 +146,77 @@ def plot_error_by_step(errors: np.ndarray, label: str = "model", ax=None, quanti
     ax.set_xlabel("imagined steps")
     ax.set_ylabel("state error (state std units)")
     return ax
+
+
+def plot_trajectories(real_states: np.ndarray, imagined: dict[str, np.ndarray], starts: Sequence[int],
+                      horizon: int, labels: Sequence[str] = CARTPOLE_STATE_LABELS):
+    """Real against imagined trajectories: one row per start, one column per state variable.
+
+    ``real_states`` is ``(B, H + 1, obs_dim)``; ``imagined`` maps a model's name to states of the
+    same shape. Only the first ``horizon`` steps are drawn.
+    """
+    dims = real_states.shape[-1]
+    fig, axes = plt.subplots(len(starts), dims, figsize=(3.0 * dims, 2.2 * len(starts)),
+                             sharex=True, squeeze=False)
+    steps = np.arange(horizon + 1)
+    for row, start in enumerate(starts):
+        for d in range(dims):
+            ax = axes[row, d]
+            ax.plot(steps, real_states[start, :horizon + 1, d], color=BOOK_COLORS["real"], lw=2, label="real")
+            for name, states in imagined.items():
+                ax.plot(steps, states[start, :horizon + 1, d], lw=1.3, label=name)
+            if row == 0:
+                ax.set_title(labels[d])
+            if row == len(starts) - 1:
+                ax.set_xlabel("step")
+        axes[row, 0].set_ylabel(f"start {start}")
+    axes[0, 0].legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_valid_horizons(tolerances: np.ndarray, medians: dict[str, np.ndarray], chosen: float, ax=None):
+    """Median valid horizon against the tolerance that defines it, one line per model."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.0, 3.6))
+    for name, values in medians.items():
+        ax.plot(tolerances, values, "o-", ms=3, label=name)
+    ax.axvline(chosen, color=BOOK_COLORS["ideal"], ls=":", lw=1, label=f"tolerance used ({chosen})")
+    ax.set_xscale("log")
+    ax.set_xlabel("tolerance (RMS error, state std units)")
+    ax.set_ylabel("median valid horizon (steps)")
+    ax.legend()
+    return ax
+
+
+def plot_disagreement_vs_error(disagreement: np.ndarray, error: np.ndarray, rho: float, max_points: int = 5000):
+    """Ensemble disagreement against the true error at the same imagined step (log-log)."""
+    keep = np.isfinite(error) & (error > 0) & (disagreement > 0)
+    d, e = disagreement[keep], error[keep]
+    if len(d) > max_points:
+        picked = np.random.default_rng(0).choice(len(d), max_points, replace=False)
+        d, e = d[picked], e[picked]
+    fig, ax = plt.subplots(figsize=(5.2, 4.0))
+    ax.scatter(d, e, s=3, alpha=0.3, color=BOOK_COLORS["model"], rasterized=True)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("ensemble disagreement")
+    ax.set_ylabel("true error of the ensemble mean")
+    ax.set_title(f"Spearman rank correlation {rho:.2f}")
+    fig.tight_layout()
+    return fig
+
+
+def plot_state_coverage(datasets: dict[str, np.ndarray], dims=(0, 2), labels: Sequence[str] = CARTPOLE_STATE_LABELS,
+                        max_points: int = 4000):
+    """Where each data set's states lie, in two chosen state variables."""
+    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    rng = np.random.default_rng(0)
+    for name, states in datasets.items():
+        shown = states if len(states) <= max_points else states[rng.choice(len(states), max_points, replace=False)]
+        ax.scatter(shown[:, dims[0]], shown[:, dims[1]], s=3, alpha=0.35, label=name, rasterized=True)
+    ax.set_xlabel(labels[dims[0]])
+    ax.set_ylabel(labels[dims[1]])
+    ax.legend(markerscale=4)
+    fig.tight_layout()
+    return fig

@@ -116,6 +116,8 @@ def replay_real(env: gym.Env, start_states: np.ndarray, actions: np.ndarray | No
         if actions.ndim != 2 or actions.shape[0] != start_states.shape[0]:
             raise ValueError(f"actions {actions.shape} must be (B, H) for start_states "
                              f"{start_states.shape}")
+        if horizon is not None and horizon != actions.shape[1]:
+            raise ValueError(f"horizon {horizon} disagrees with the {actions.shape[1]} steps of actions")
         horizon = actions.shape[1]
     if horizon is None or horizon < 1:
         raise ValueError(f"horizon must be at least 1 step, got {horizon}")
@@ -165,6 +167,7 @@ def valid_horizon(imagined: Rollout, real: RealRollout, scale: np.ndarray, toler
     steps = np.arange(real.alive.shape[1])
     really_ended = steps[None, :] == real.terminated_at[:, None]
     model_ended = imagined.done_probs.detach().cpu().numpy() > done_threshold
-    failed = real.alive & ((error > tolerance) | (model_ended != really_ended))
+    # written as "not within tolerance" so that a NaN state counts as a failure
+    failed = real.alive & (~(error <= tolerance) | (model_ended != really_ended))
     first_failure = np.where(failed.any(1), failed.argmax(1), real.alive.sum(1))
     return first_failure

@@ -40,7 +40,7 @@ class DynamicsEnsemble(nn.Module):
         deviation across members of the predicted next state, in units of the spread of the
         one-step change, averaged over state dimensions."""
         members = self.predict_members(obs, action)
-        change_std = self.members[0].delta_norm.std
+        change_std = torch.stack([member.delta_norm.std for member in self.members]).mean(0)
         disagreement = (members.next_obs.std(0) / change_std).mean(-1)
         return Prediction(members.next_obs.mean(0), members.reward.mean(0),
                           members.done_prob.mean(0), disagreement)
@@ -56,8 +56,11 @@ class DynamicsEnsemble(nn.Module):
     @classmethod
     def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "DynamicsEnsemble":
         data = load_checkpoint(path, "DynamicsEnsemble", map_location)
-        ensemble = cls(DynamicsConfig(**data["config"]), data["n_members"])
-        ensemble.load_state_dict(data["state_dict"])
+        try:
+            ensemble = cls(DynamicsConfig(**data["config"]), data["n_members"])
+            ensemble.load_state_dict(data["state_dict"])
+        except (TypeError, RuntimeError) as error:
+            raise ValueError(f"{path}: config or weights do not fit a DynamicsEnsemble: {error}") from error
         return ensemble.to(map_location)
 
 

@@ -1,0 +1,186 @@
+"""Deep Q-learning (Mnih et al., 2015) for discrete actions, in one readable loop.
+
+``train_dqn`` acts epsilon-greedily in a real environment, stores every transition in a
+replay buffer and, after each real step, makes ``updates_per_step`` gradient updates on
+minibatches from it. An optional ``after_step`` hook lets Dyna add updates on imagined
+transitions without changing anything else (see :mod:`wmbook.agents.dyna`).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from wmbook.buffers import ReplayBuffer, Transitions
+from wmbook.envs import buffer_for, make_env
+from wmbook.models.layers import mlp
+
+
+@dataclass
+class DQNConfig:
+    """Hyperparameters of DQN and of the evaluation protocol."""
+
+    total_steps: int = 20_000        # real environment steps
+    learning_rate: float = 1e-3
+    batch_size: int = 64
+    buffer_size: int = 50_000
+    gamma: float = 0.99
+    learning_starts: int = 1_000     # random steps before the first update
+    updates_per_step: int = 1        # gradient updates after each real step
+    target_tau: float = 0.005        # Polyak averaging of the target network per update
+    epsilon_start: float = 1.0
+    epsilon_end: float = 0.05
+    exploration_steps: int = 5_000   # real steps over which epsilon decays linearly
+    hidden_size: int = 128
+    n_layers: int = 2
+    max_grad_norm: float = 10.0
+    eval_every: int = 1_000          # real steps between greedy evaluations
+    eval_episodes: int = 10
+    solved_return: float = 475.0     # "solved": an evaluation whose mean return reaches this
+    stop_when_solved: bool = False   # end the run at the first solved evaluation
+    env_id: str = "CartPole-v1"
+    seed: int = 0
+
+
+class DQNAgent:
+    """A Q-network, its target network and their optimiser."""
+
+    def __init__(self, obs_dim: int, n_actions: int, config: DQNConfig, device: torch.device | str = "cpu"):
+        self.config, self.n_actions, self.device = config, n_actions, torch.device(device)
+        self.q = mlp(obs_dim, config.hidden_size, config.n_layers, out_dim=n_actions,
+                     activation="relu").to(self.device)
+        self.target = copy.deepcopy(self.q).requires_grad_(False)
+        self.optimizer = torch.optim.Adam(self.q.parameters(), lr=config.learning_rate)
+        self.updates = 0
+
+    @torch.no_grad()
+    def greedy(self, obs: torch.Tensor) -> torch.Tensor:
+        """Greedy actions ``(B,)`` for observations ``(B, obs_dim)``."""
+        return self.q(obs.to(self.device, torch.float32)).argmax(-1)
+
+    def update(self, batch: Transitions) -> float:
+        """One gradient step on the Huber TD error; returns the loss."""
+        with torch.no_grad():
+            next_value = self.target(batch.next_obs).max(-1).values
+            # a terminal transition has no future; a time-limit truncation does. An imagined
+            # transition may carry a termination probability instead of a flag: the target is
+            # then the expected backup
+            ended = batch.terminated.to(batch.reward.dtype)
+            target = batch.reward + self.config.gamma * (1.0 - ended) * next_value
+        q_taken = self.q(batch.obs).gather(1, batch.action.long().unsqueeze(1)).squeeze(1)
+        loss = F.smooth_l1_loss(q_taken, target)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.q.parameters(), self.config.max_grad_norm)
+        self.optimizer.step()
+        with torch.no_grad():
+            for online, slow in zip(self.q.parameters(), self.target.parameters()):
+                slow.lerp_(online, self.config.target_tau)
+        self.updates += 1
+        return loss.item()
+
+
+def epsilon_at(step: int, config: DQNConfig) -> float:
+    """Linear decay from ``epsilon_start`` to ``epsilon_end`` over ``exploration_steps``."""
+    if config.exploration_steps <= 0:
+        return config.epsilon_end
+    fraction = min(1.0, step / config.exploration_steps)
+    return config.epsilon_start + fraction * (config.epsilon_end - config.epsilon_start)
+
+
+def evaluate_greedy(policy: Callable[[np.ndarray], np.ndarray], env_id: str = "CartPole-v1",
+                    episodes: int = 10, seed: int = 0) -> np.ndarray:
+    """Returns of ``episodes`` greedy episodes, run side by side; ``policy`` maps observations
+    ``(n, obs_dim)`` to actions ``(n,)``. Episode ``i`` starts from ``reset(seed=seed + i)``,
+    so every evaluation (and every method) faces the same start states."""
+    envs = [gym.make(env_id) for _ in range(episodes)]
+    obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)])
+    returns, running = np.zeros(episodes), np.ones(episodes, dtype=bool)
+    while running.any():
+        actions = np.asarray(policy(obs[running]))
+        for action, i in zip(actions, np.flatnonzero(running)):
+            obs[i], reward, terminated, truncated, _ = envs[i].step(int(action))
+            returns[i] += reward
+            running[i] = not (terminated or truncated)
+    for env in envs:
+        env.close()
+    return returns
+
+
+@dataclass
+class DQNResult:
+    """What a run produced: the agent, the evaluation curve and when it first solved the task."""
+
+    agent: DQNAgent
+    buffer: ReplayBuffer
+    eval_steps: list[int] = field(default_factory=list)     # real steps at each evaluation
+    eval_returns: list[float] = field(default_factory=list)  # mean greedy return there
+    episode_returns: list[float] = field(default_factory=list)
+    solved_at: int | None = None                             # real steps at first solve
+    seconds: float = 0.0
+
+    @property
+    def gradient_updates(self) -> int:
+        return self.agent.updates
+
+
+def train_dqn(config: DQNConfig, device: torch.device | str = "cpu", progress: bool = True,
+              after_step: Callable[[int, DQNAgent, ReplayBuffer], None] | None = None) -> DQNResult:
+    """Train DQN on ``config.env_id``; evaluate the greedy policy every ``eval_every`` steps.
+
+    ``after_step(step, agent, buffer)`` runs after the updates of each real step (once
+    learning has started); Dyna uses it for its imagined updates.
+    """
+    started = time.perf_counter()
+    env = make_env(config.env_id, seed=config.seed)
+    if not isinstance(env.action_space, gym.spaces.Discrete):
+        raise TypeError(f"DQN needs a discrete action space, {config.env_id} has {env.action_space}")
+    with torch.random.fork_rng(devices=[]):  # the initial weights depend on config.seed alone
+        torch.manual_seed(config.seed)
+        agent = DQNAgent(env.observation_space.shape[0], int(env.action_space.n), config, device)
+    buffer = buffer_for(env, config.buffer_size, seed=config.seed)
+    result = DQNResult(agent, buffer)
+    rng = np.random.default_rng(config.seed)
+    obs, _ = env.reset(seed=config.seed)
+    episode_return = 0.0
+    bar = tqdm(range(config.total_steps), desc="real steps", disable=not progress)
+    for step in bar:
+        if step < config.learning_starts or rng.random() < epsilon_at(step, config):
+            action = int(rng.integers(agent.n_actions))
+        else:
+            action = int(agent.greedy(torch.as_tensor(obs[None]))[0])
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        buffer.add(obs, action, reward, next_obs, terminated, truncated)
+        episode_return += reward
+        obs = next_obs
+        if terminated or truncated:
+            result.episode_returns.append(episode_return)
+            obs, episode_return = env.reset()[0], 0.0
+
+        if step >= config.learning_starts:
+            for _ in range(config.updates_per_step):
+                agent.update(buffer.sample(config.batch_size, agent.device))
+            if after_step is not None:
+                after_step(step, agent, buffer)
+
+        if (step + 1) % config.eval_every == 0:
+            returns = evaluate_greedy(lambda o: agent.greedy(torch.as_tensor(o)).cpu().numpy(),
+                                      config.env_id, config.eval_episodes, seed=10_000 * (config.seed + 1))
+            result.eval_steps.append(step + 1)
+            result.eval_returns.append(float(returns.mean()))
+            bar.set_postfix(eval=f"{returns.mean():.0f}")
+            if result.solved_at is None and returns.mean() >= config.solved_return:
+                result.solved_at = step + 1
+                if config.stop_when_solved:
+                    break
+    bar.close()
+    result.seconds = time.perf_counter() - started
+    return result
