@@ -170,8 +170,9 @@ def plot_trajectories(real_states: np.ndarray, imagined: dict[str, np.ndarray], 
             if row == len(starts) - 1:
                 ax.set_xlabel("step")
         axes[row, 0].set_ylabel(f"start {start}")
-    axes[0, 0].legend()
-    fig.tight_layout()
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=len(names), frameon=False)
+    fig.tight_layout(rect=(0, 0.9 / (2.2 * len(starts)), 1, 1))  # room for the legend
     return fig
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from wmbook.agents.dqn import DQNConfig
+from wmbook.agents.dyna import DynaConfig
 from wmbook.models.dynamics import DynamicsConfig, TrainConfig
 
 PROFILE_NAMES = ("full", "ci")
@@ -70,6 +72,22 @@ class CompoundingErrorChapter:
     check_headline: bool
 
 
+@dataclass(frozen=True)
+class DynaChapter:
+    """Chapter 3, Dyna-DQN against model-free DQN."""
+
+    dqn: DQNConfig                    # every run's DQN half and evaluation protocol
+    dyna: DynaConfig                  # every Dyna run's model half (K and h set per run)
+    seeds: tuple[int, ...]
+    imagined_updates: tuple[int, ...]  # the K values compared (0 is plain DQN)
+    branch_k: int                     # K of the rollout-length comparison
+    branch_length: int                # the longer rollout length h compared with h = 1
+    control_k: tuple[int, ...]        # Dyna's K values matched by model-free controls
+    stable_window: int                # real steps at the end over which stability is measured
+    workers: int                      # runs side by side (one per CPU core)
+    check_headline: bool
+
+
 PROFILES: dict[str, dict[str, object]] = {
     "01_world_model": {
         "full": WorldModelChapter(model=FULL_RECIPE, rollout_starts=200, rollout_horizon=50,
@@ -86,6 +104,20 @@ PROFILES: dict[str, dict[str, object]] = {
             model=CI_RECIPE, controller_steps=2_000, test_steps=2_000, starts=20, horizon=40,
             plot_horizon=20, tolerance=0.05, ensemble_members=2, multistep_length=3,
             check_headline=False),
+    },
+    "03_dyna_dqn": {
+        "full": DynaChapter(
+            dqn=DQNConfig(total_steps=7_500, eval_every=500),
+            dyna=DynaConfig(),
+            seeds=(0, 1, 2), imagined_updates=(0, 1, 5, 10), branch_k=5, branch_length=5,
+            control_k=(5, 10), stable_window=2_000, workers=2,
+            check_headline=True),
+        "ci": DynaChapter(
+            dqn=DQNConfig(total_steps=1_200, learning_starts=300, eval_every=300, eval_episodes=3,
+                          exploration_steps=600, hidden_size=32, batch_size=32),
+            dyna=DynaConfig(model_every=300, model_updates=20, model_hidden_size=32, model_layers=2),
+            seeds=(0,), imagined_updates=(0, 2), branch_k=2, branch_length=3, control_k=(2,),
+            stable_window=600, workers=2, check_headline=False),
     },
 }
 

@@ -2,6 +2,7 @@
 
 from wmbook.agents.dqn import DQNAgent, DQNConfig, DQNResult, evaluate_greedy, train_dqn
 from wmbook.agents.dyna import DynaConfig, DynaPlanner, imagined_transitions, train_dyna_dqn
+from wmbook.agents.experiments import RunRecord, RunSpec, run_all, run_one
 
 __all__ = [
     "DQNAgent",
@@ -10,7 +11,11 @@ __all__ = [
     "DynaConfig",
     "DynaPlanner",
     "evaluate_greedy",
+    "RunRecord",
+    "RunSpec",
     "imagined_transitions",
+    "run_all",
+    "run_one",
     "train_dqn",
     "train_dyna_dqn",
 ]

@@ -1,0 +1,183 @@
+"""Real steps to solve CartPole: our DQN, our Dyna-DQN and stable-baselines3's tuned DQN.
+
+Every method runs on the same seeds under the same evaluation protocol as Chapter 3: every
+``--eval-every`` real steps, the greedy policy plays 10 episodes from fixed start states; a run
+has solved CartPole at the first evaluation with a mean return of at least 475, and stops
+there. stable-baselines3's DQN uses rl-baselines3-zoo's CartPole-v1 hyperparameters.
+
+    python benchmarks/dyna_vs_sb3.py                       # 5 seeds, writes the book's table
+    python benchmarks/dyna_vs_sb3.py --seeds 0 --budget 20000 --out -   # a quick look
+
+The table goes to ``book/benchmark_results.md`` (shown by the book's appendix page), with the
+command, versions, machine and date that produced it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import multiprocessing
+import os
+import platform
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+# rl-baselines3-zoo, hyperparams/dqn.yml, CartPole-v1 ("almost tuned"); n_timesteps 5e4
+ZOO_CARTPOLE_DQN = dict(
+    learning_rate=2.3e-3, batch_size=64, buffer_size=100_000, learning_starts=1_000, gamma=0.99,
+    target_update_interval=10, train_freq=256, gradient_steps=128, exploration_fraction=0.16,
+    exploration_final_eps=0.04, policy_kwargs=dict(net_arch=[256, 256]),
+)
+ZOO_TIMESTEPS = 50_000
+
+
+@dataclasses.dataclass
+class Outcome:
+    method: str
+    seed: int
+    solved_at: int | None
+    seconds: float
+
+
+def run_wmbook(method: str, seed: int, imagined_updates: int, budget: int, eval_every: int) -> Outcome:
+    import torch
+
+    from wmbook.agents import DQNConfig, DynaConfig, train_dqn, train_dyna_dqn
+
+    torch.set_num_threads(1)
+    config = DQNConfig(total_steps=budget, eval_every=eval_every, stop_when_solved=True, seed=seed)
+    if imagined_updates == 0:
+        result = train_dqn(config, progress=False)
+    else:
+        result, _ = train_dyna_dqn(config, DynaConfig(imagined_updates=imagined_updates), progress=False)
+    return Outcome(method, seed, result.solved_at, result.seconds)
+
+
+def run_sb3(method: str, seed: int, budget: int, eval_every: int) -> Outcome:
+    import torch
+    from stable_baselines3 import DQN
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    from wmbook.agents import evaluate_greedy
+    from wmbook.envs import make_env
+
+    torch.set_num_threads(1)
+
+    class SameProtocol(BaseCallback):
+        """Chapter 3's evaluation, every `eval_every` real steps; stops the run once solved."""
+
+        solved_at: int | None = None
+
+        def _on_step(self) -> bool:
+            if self.num_timesteps % eval_every:
+                return True
+            returns = evaluate_greedy(lambda obs: self.model.predict(obs, deterministic=True)[0],
+                                      "CartPole-v1", 10, seed=10_000 * (seed + 1))
+            if returns.mean() >= 475:
+                self.solved_at = self.num_timesteps
+                return False
+            return True
+
+    started = time.perf_counter()
+    model = DQN("MlpPolicy", make_env("CartPole-v1"), seed=seed, device="cpu", **ZOO_CARTPOLE_DQN)
+    callback = SameProtocol()
+    model.learn(total_timesteps=budget, callback=callback)
+    return Outcome(method, seed, callback.solved_at, time.perf_counter() - started)
+
+
+def job(args: tuple) -> Outcome:
+    kind, *rest = args
+    return run_sb3(*rest) if kind == "sb3" else run_wmbook(*rest)
+
+
+def median_steps(outcomes: list[Outcome]) -> float:
+    return float(np.median([o.solved_at if o.solved_at is not None else np.inf for o in outcomes]))
+
+
+def table(outcomes: list[Outcome], methods: list[str], budget: int) -> tuple[str, dict[str, float]]:
+    lines = ["| method | real steps to solve, per seed | median | median wall time per run |",
+             "|---|---|---|---|"]
+    medians = {}
+    for method in methods:
+        runs = [o for o in outcomes if o.method == method]
+        medians[method] = median_steps(runs)
+        per_seed = ", ".join(f"{o.solved_at:,}" if o.solved_at else f"> {budget:,}" for o in runs)
+        median = f"{medians[method]:,.0f}" if np.isfinite(medians[method]) else f"> {budget:,}"
+        wall = np.median([o.seconds for o in runs])
+        lines.append(f"| {method} | {per_seed} | {median} | {wall:.0f} s |")
+    return "\n".join(lines), medians
+
+
+def provenance(argv: list[str], workers: int) -> str:
+    import gymnasium
+    import stable_baselines3
+    import torch
+
+    import wmbook
+
+    cpuinfo = Path("/proc/cpuinfo")
+    models = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+              if line.startswith("model name")] if cpuinfo.exists() else []
+    cpu = models[0] if models else platform.processor() or "unknown CPU"
+    return "\n".join([
+        f"- command: `{' '.join(['python benchmarks/dyna_vs_sb3.py', *argv])}`",
+        f"- date: {datetime.date.today().isoformat()}",
+        f"- machine: {platform.system()} {platform.machine()}, {os.cpu_count()} cores ({cpu}), "
+        f"{workers} runs side by side, one torch thread each",
+        f"- versions: wmbook {wmbook.__version__}, torch {torch.__version__}, gymnasium "
+        f"{gymnasium.__version__}, stable-baselines3 {stable_baselines3.__version__}, "
+        f"Python {platform.python_version()}",
+    ])
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--budget", type=int, default=ZOO_TIMESTEPS, help="real steps per run at most")
+    parser.add_argument("--k", type=int, default=5, help="Dyna's imagined updates per real step")
+    parser.add_argument("--eval-every", type=int, default=500)
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--out", default="book/benchmark_results.md", help="'-' prints only")
+    args = parser.parse_args(argv)
+
+    methods = ["DQN (wmbook)", f"Dyna-DQN, K={args.k} (wmbook)", "DQN (stable-baselines3, rl-zoo settings)"]
+    jobs = []
+    for seed in args.seeds:
+        jobs += [("wmbook", methods[0], seed, 0, args.budget, args.eval_every),
+                 ("wmbook", methods[1], seed, args.k, args.budget, args.eval_every),
+                 ("sb3", methods[2], seed, args.budget, args.eval_every)]
+    started = time.perf_counter()
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=args.workers, mp_context=context) as pool:
+        outcomes = []
+        for outcome in pool.map(job, jobs):
+            solved = f"{outcome.solved_at:,}" if outcome.solved_at else "not solved"
+            print(f"{outcome.method:>42} seed {outcome.seed}: {solved} ({outcome.seconds:.0f} s)", flush=True)
+            outcomes.append(outcome)
+    text, medians = table(outcomes, methods, args.budget)
+    dyna, sb3 = medians[methods[1]], medians[methods[2]]
+    verdict = [
+        f"Dyna-DQN's median steps to solve: {dyna:,.0f} (target: at most 10,000) - "
+        f"{'met' if dyna <= 10_000 else 'not met'}.",
+        f"Ratio to stable-baselines3's median: {dyna / sb3:.2f} (target: at most 1/3) - "
+        f"{'met' if dyna <= sb3 / 3 else 'not met'}." if np.isfinite(sb3) else
+        f"stable-baselines3's median run did not solve within {args.budget:,} steps, so the ratio is "
+        f"below {dyna / args.budget:.2f} (target: at most 1/3) - {'met' if dyna <= args.budget / 3 else 'undecided'}.",
+    ]
+    report = "\n\n".join([text, "\n".join(f"- {line}" for line in verdict), provenance(argv, args.workers),
+                          f"Total wall time: {time.perf_counter() - started:.0f} s."])
+    print("\n" + report)
+    if args.out != "-":
+        Path(args.out).write_text(report + "\n")
+        print(f"\nwritten to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
