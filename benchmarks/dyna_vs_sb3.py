@@ -15,6 +15,7 @@ command, versions, machine and date that produced it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import multiprocessing
@@ -153,12 +154,18 @@ def main(argv: list[str] | None = None) -> int:
                  ("wmbook", methods[1], seed, args.k, args.budget, args.eval_every),
                  ("sb3", methods[2], seed, args.budget, args.eval_every)]
     started = time.perf_counter()
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=args.workers, mp_context=context) as pool:
+    with contextlib.ExitStack() as stack:
+        if args.workers > 1:
+            pool = stack.enter_context(ProcessPoolExecutor(
+                max_workers=args.workers, mp_context=multiprocessing.get_context("spawn")))
+            results = pool.map(job, jobs)
+        else:
+            results = map(job, jobs)
         outcomes = []
-        for outcome in pool.map(job, jobs):
+        for outcome in results:
             solved = f"{outcome.solved_at:,}" if outcome.solved_at else "not solved"
-            print(f"{outcome.method:>42} seed {outcome.seed}: {solved} ({outcome.seconds:.0f} s)", flush=True)
+            print(f"{outcome.method:>42} seed {outcome.seed}: {solved} ({outcome.seconds:.0f} s)",
+                  flush=True)
             outcomes.append(outcome)
     text, medians = table(outcomes, methods, args.budget)
     dyna, sb3 = medians[methods[1]], medians[methods[2]]

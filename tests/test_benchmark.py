@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "dyna_vs_sb3.py"
 def load_script():
     spec = importlib.util.spec_from_file_location("dyna_vs_sb3", SCRIPT)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
     spec.loader.exec_module(module)
     return module
 

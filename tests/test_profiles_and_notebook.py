@@ -44,7 +44,8 @@ def test_every_chapter_has_both_profiles_of_one_type(chapter):
     with pytest.raises(dataclasses.FrozenInstanceError):
         full.epochs = 1  # budgets are read-only
     described = describe(ci)
-    assert described == dataclasses.asdict(ci) and json.loads(json.dumps(described)) == described
+    assert json.loads(json.dumps(described)) == described
+    assert described == json.loads(json.dumps(dataclasses.asdict(ci)))
 
 
 # -- Results ----------------------------------------------------------------------------

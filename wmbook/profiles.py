@@ -9,6 +9,7 @@ A chapter reads its budget once, in its first code cell::
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 
 from wmbook.agents.dqn import DQNConfig
@@ -83,7 +84,6 @@ class DynaChapter:
     branch_k: int                     # K of the rollout-length comparison
     branch_length: int                # the longer rollout length h compared with h = 1
     control_k: tuple[int, ...]        # Dyna's K values matched by model-free controls
-    stable_window: int                # real steps at the end over which stability is measured
     workers: int                      # runs side by side (one per CPU core)
     check_headline: bool
 
@@ -110,14 +110,14 @@ PROFILES: dict[str, dict[str, object]] = {
             dqn=DQNConfig(total_steps=7_500, eval_every=500),
             dyna=DynaConfig(),
             seeds=(0, 1, 2), imagined_updates=(0, 1, 5, 10), branch_k=5, branch_length=5,
-            control_k=(5, 10), stable_window=2_000, workers=2,
+            control_k=(5, 10), workers=2,
             check_headline=True),
         "ci": DynaChapter(
             dqn=DQNConfig(total_steps=1_200, learning_starts=300, eval_every=300, eval_episodes=3,
                           exploration_steps=600, hidden_size=32, batch_size=32),
             dyna=DynaConfig(model_every=300, model_updates=20, model_hidden_size=32, model_layers=2),
             seeds=(0,), imagined_updates=(0, 2), branch_k=2, branch_length=3, control_k=(2,),
-            stable_window=600, workers=2, check_headline=False),
+            workers=2, check_headline=False),
     },
 }
 
@@ -133,5 +133,5 @@ def get_profile(chapter: str, profile: str):
 
 
 def describe(config) -> dict[str, object]:
-    """A profile as a plain dict (for printing and results files)."""
-    return dataclasses.asdict(config)
+    """A profile as plain JSON values (for printing and results files)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
