@@ -15,6 +15,7 @@ import torch
 
 from wmbook.agents.dqn import DQNAgent, DQNConfig, DQNResult, epsilon_at, train_dqn
 from wmbook.buffers import ReplayBuffer, Transitions
+from wmbook.envs import make_env
 from wmbook.models.dynamics import DynamicsConfig, DynamicsModel, TrainConfig, train_dynamics
 from wmbook.rollout import imagine
 
@@ -26,7 +27,7 @@ class DynaConfig:
     imagined_updates: int = 5      # K: DQN updates on imagined minibatches per real step
     rollout_length: int = 1        # h: model steps per branch from a real state
     model_every: int = 250         # real steps between model refits
-    model_updates: int = 150       # gradient steps per refit (warm-started from the last fit)
+    model_updates: int = 100       # gradient steps per refit (warm-started from the last fit)
     model_hidden_size: int = 200
     model_layers: int = 3
     model_batch_size: int = 256
@@ -113,8 +114,6 @@ class DynaPlanner:
 def train_dyna_dqn(dqn_config: DQNConfig, dyna_config: DynaConfig, device: torch.device | str = "cpu",
                    progress: bool = True) -> tuple[DQNResult, DynaPlanner]:
     """Dyna-DQN: :func:`train_dqn` with a :class:`DynaPlanner` after every real step."""
-    from wmbook.envs import make_env
-
     env = make_env(dqn_config.env_id)
     planner = DynaPlanner(dyna_config, dqn_config, env.observation_space.shape[0],
                           int(env.action_space.n), device)
