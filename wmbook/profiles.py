@@ -107,7 +107,7 @@ PROFILES: dict[str, dict[str, object]] = {
     },
     "03_dyna_dqn": {
         "full": DynaChapter(
-            dqn=DQNConfig(total_steps=7_500, eval_every=500),
+            dqn=DQNConfig(total_steps=7_000, eval_every=500),
             dyna=DynaConfig(),
             seeds=(0, 1, 2), imagined_updates=(0, 1, 5, 10), branch_k=5, branch_length=5,
             control_k=(5, 10), workers=2,

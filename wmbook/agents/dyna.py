@@ -27,7 +27,7 @@ class DynaConfig:
     imagined_updates: int = 5      # K: DQN updates on imagined minibatches per real step
     rollout_length: int = 1        # h: model steps per branch from a real state
     model_every: int = 250         # real steps between model refits
-    model_updates: int = 100       # gradient steps per refit (warm-started from the last fit)
+    model_updates: int = 150       # gradient steps per refit (warm-started from the last fit)
     model_hidden_size: int = 200
     model_layers: int = 3
     model_batch_size: int = 256
