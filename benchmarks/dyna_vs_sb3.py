@@ -64,8 +64,10 @@ def run_sb3(method: str, seed: int, budget: int, eval_every: int) -> Outcome:
     from stable_baselines3 import DQN
     from stable_baselines3.common.callbacks import BaseCallback
 
-    from wmbook.agents import evaluate_greedy
+    from wmbook.agents import DQNConfig, evaluate_greedy, evaluation_seed
     from wmbook.envs import make_env
+
+    protocol = DQNConfig()  # Chapter 3's evaluation protocol, as our runs use it
 
     torch.set_num_threads(1)
 
@@ -78,14 +80,14 @@ def run_sb3(method: str, seed: int, budget: int, eval_every: int) -> Outcome:
             if self.num_timesteps % eval_every:
                 return True
             returns = evaluate_greedy(lambda obs: self.model.predict(obs, deterministic=True)[0],
-                                      "CartPole-v1", 10, seed=10_000 * (seed + 1))
-            if returns.mean() >= 475:
+                                      protocol.env_id, protocol.eval_episodes, evaluation_seed(seed))
+            if returns.mean() >= protocol.solved_return:
                 self.solved_at = self.num_timesteps
                 return False
             return True
 
     started = time.perf_counter()
-    model = DQN("MlpPolicy", make_env("CartPole-v1"), seed=seed, device="cpu", **ZOO_CARTPOLE_DQN)
+    model = DQN("MlpPolicy", make_env(protocol.env_id), seed=seed, device="cpu", **ZOO_CARTPOLE_DQN)
     callback = SameProtocol()
     model.learn(total_timesteps=budget, callback=callback)
     return Outcome(method, seed, callback.solved_at, time.perf_counter() - started)

@@ -24,6 +24,8 @@ from wmbook.device import seed_everything
 from wmbook.envs import collect_transitions, make_env
 from wmbook.models import Prediction
 
+from helpers import same_weights, weights_of
+
 # tiny networks and few steps: every run takes a second or two on one thread
 TINY = DQNConfig(total_steps=1500, learning_starts=200, eval_every=500, eval_episodes=2,
                  hidden_size=16, n_layers=1, batch_size=16, exploration_steps=1000)
@@ -32,17 +34,7 @@ TINY_DYNA = DynaConfig(imagined_updates=2, rollout_length=1, model_every=300, mo
 DYNA_DQN = dataclasses.replace(TINY, total_steps=1200, learning_starts=300, eval_every=600)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)  # tiny networks on busy cores; conftest restores the count
-
-
-def _weights(module: torch.nn.Module) -> list[torch.Tensor]:
-    return [p.detach().clone() for p in module.parameters()]
-
-
-def _same(a, b) -> bool:
-    return all(torch.equal(x, y) for x, y in zip(a, b))
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks on busy cores
 
 
 def _batch(n: int = 32, seed: int = 0, terminated=None, truncated=None) -> Transitions:
@@ -110,10 +102,8 @@ def test_terminal_transitions_do_not_bootstrap_but_truncated_ones_do(terminated,
     n = 4
     batch = _batch(n, terminated=torch.full((n,), terminated), truncated=torch.full((n,), truncated))
     loss = agent.update(batch)  # the loss is measured before the step
-    target = 1.0 + (0.9 * 2.0 if bootstraps else 0.0)  # reward 1 + gamma * max next Q
-    expected = F.smooth_l1_loss(torch.zeros(n), torch.full((n,), target)).item()
-    assert loss == pytest.approx(expected)
-    assert expected == pytest.approx(2.3 if bootstraps else 0.5)  # the two cases differ
+    # Q = 0; target = reward 1 + gamma 0.9 * max next Q 2.0 = 2.8 (Huber: 2.3), or 1 (Huber: 0.5)
+    assert loss == pytest.approx(2.3 if bootstraps else 0.5)
 
 
 def test_mixed_batch_targets_follow_each_flag():
@@ -129,15 +119,15 @@ def test_target_network_follows_by_polyak_averaging():
     seed_everything(0)
     config = DQNConfig(hidden_size=16, n_layers=1, target_tau=0.1, learning_rate=1e-2)
     agent = DQNAgent(4, 2, config)
-    assert _same(_weights(agent.q), _weights(agent.target))  # starts as a copy
+    assert same_weights(weights_of(agent.q), weights_of(agent.target))  # starts as a copy
     assert not any(p.requires_grad for p in agent.target.parameters())
     for _ in range(3):
-        old_target = _weights(agent.target)
+        old_target = weights_of(agent.target)
         agent.update(_batch(16))
-        online = _weights(agent.q)
+        online = weights_of(agent.q)
         for old, new, q in zip(old_target, agent.target.parameters(), online):
             assert torch.allclose(new, 0.9 * old + 0.1 * q, atol=1e-6)
-    assert not _same(_weights(agent.q), _weights(agent.target))
+    assert not same_weights(weights_of(agent.q), weights_of(agent.target))
 
 
 # -- evaluate_greedy --------------------------------------------------------------------
@@ -197,9 +187,10 @@ def test_train_dqn_schedule_of_evaluations_and_updates(dqn_runs):
     assert result.eval_steps == [500, 1000, 1500]
     assert len(result.eval_returns) == 3
     assert all(1 <= r <= 500 for r in result.eval_returns)
-    assert result.gradient_updates == (1500 - 200) * 2
-    assert len(result.buffer) == 1500
-    assert len(result.episode_returns) >= 10 and sum(result.episode_returns) <= 1500
+    learning_steps = config.total_steps - config.learning_starts
+    assert result.gradient_updates == learning_steps * config.updates_per_step
+    assert len(result.buffer) == config.total_steps
+    assert len(result.episode_returns) >= 10 and sum(result.episode_returns) <= config.total_steps
     assert result.seconds > 0
 
 
@@ -207,9 +198,9 @@ def test_train_dqn_is_reproducible_with_the_same_seed(dqn_runs):
     _, (first, second, other) = dqn_runs
     assert first.eval_returns == second.eval_returns
     assert first.episode_returns == second.episode_returns
-    assert _same(_weights(first.agent.q), _weights(second.agent.q))
-    assert _same(_weights(first.agent.target), _weights(second.agent.target))
-    assert not _same(_weights(first.agent.q), _weights(other.agent.q))
+    assert same_weights(weights_of(first.agent.q), weights_of(second.agent.q))
+    assert same_weights(weights_of(first.agent.target), weights_of(second.agent.target))
+    assert not same_weights(weights_of(first.agent.q), weights_of(other.agent.q))
 
 
 def test_train_dqn_is_determined_by_config_seed_alone():
@@ -218,7 +209,7 @@ def test_train_dqn_is_determined_by_config_seed_alone():
     first = train_dqn(config, progress=False)
     torch.rand(1)  # anything else in the process that draws from torch's generator
     second = train_dqn(config, progress=False)
-    assert _same(_weights(first.agent.q), _weights(second.agent.q))
+    assert same_weights(weights_of(first.agent.q), weights_of(second.agent.q))
 
 
 def test_stop_when_solved_stops_at_the_first_evaluation():
@@ -228,7 +219,7 @@ def test_stop_when_solved_stops_at_the_first_evaluation():
     result = train_dqn(config, progress=False)
     assert result.eval_steps == [300] and result.solved_at == 300
     assert len(result.buffer) == 300
-    assert result.gradient_updates == 300 - 200
+    assert result.gradient_updates == config.eval_every - config.learning_starts
 
 
 def test_solved_at_stays_none_when_never_solved(dqn_runs):
@@ -369,6 +360,6 @@ def test_dyna_is_reproducible_with_the_same_seed(dyna_runs):
     (first, first_planner), (second, second_planner) = runs
     assert first.eval_returns == second.eval_returns
     assert first.episode_returns == second.episode_returns
-    assert _same(_weights(first.agent.q), _weights(second.agent.q))
-    assert _same(_weights(first_planner.model), _weights(second_planner.model))
+    assert same_weights(weights_of(first.agent.q), weights_of(second.agent.q))
+    assert same_weights(weights_of(first_planner.model), weights_of(second_planner.model))
     assert first_planner.imagined == second_planner.imagined

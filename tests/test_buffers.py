@@ -348,13 +348,23 @@ def test_load_array_with_wrong_dtype(tmp_path):
         ReplayBuffer.load(path)
 
 
-def test_load_size_that_does_not_fit_capacity(tmp_path):
-    path = _filled(4, 3).save(tmp_path / "b.npz")
+def _edit_meta(path, edit):
+    """Re-save the buffer file at ``path`` with ``edit`` applied to its metadata dict."""
     with np.load(path) as data:
         meta = json.loads(str(data["meta"]))
-    meta["size"] = 9
+    edit(meta)
     _resave(path, meta=np.array(json.dumps(meta)))
-    with pytest.raises(ValueError, match="size 9"):
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda meta: meta.update(size=9), "size 9"),                 # more rows than capacity
+    (lambda meta: meta.update(format=99), "format 99"),           # an unknown file format
+    (lambda meta: meta.pop("rng_state"), "rng_state"),            # no sampling state
+])
+def test_load_inconsistent_metadata(tmp_path, edit, message):
+    path = _filled(4, 3).save(tmp_path / "b.npz")
+    _edit_meta(path, edit)
+    with pytest.raises(ValueError, match=message):
         ReplayBuffer.load(path)
 
 
@@ -362,24 +372,4 @@ def test_load_malformed_metadata(tmp_path):
     path = _filled(4, 3).save(tmp_path / "b.npz")
     _resave(path, meta=np.array("{not json"))
     with pytest.raises(ValueError, match="malformed buffer metadata"):
-        ReplayBuffer.load(path)
-
-
-def test_load_wrong_format_version(tmp_path):
-    path = _filled(4, 3).save(tmp_path / "b.npz")
-    with np.load(path) as data:
-        meta = json.loads(str(data["meta"]))
-    meta["format"] = 99
-    _resave(path, meta=np.array(json.dumps(meta)))
-    with pytest.raises(ValueError, match="format 99"):
-        ReplayBuffer.load(path)
-
-
-def test_load_metadata_without_sampling_state(tmp_path):
-    path = _filled(4, 3).save(tmp_path / "b.npz")
-    with np.load(path) as data:
-        meta = json.loads(str(data["meta"]))
-    del meta["rng_state"]
-    _resave(path, meta=np.array(json.dumps(meta)))
-    with pytest.raises(ValueError, match="rng_state"):
         ReplayBuffer.load(path)

@@ -24,6 +24,8 @@ from wmbook.models import (
 )
 from wmbook.models.dynamics import _mean_losses
 
+from helpers import assert_same_state, state_of
+
 SMALL = DynamicsConfig(hidden_size=32, n_layers=2)
 
 
@@ -231,8 +233,7 @@ def test_training_is_reproducible(cartpole_data):
     ha = train_dynamics(a, small_train, small_val, config, progress=False)
     hb = train_dynamics(b, small_train, small_val, config, progress=False)
     assert ha.val == hb.val and ha.train == hb.train
-    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
-        assert torch.equal(x, y), name
+    assert_same_state(a.state_dict(), b.state_dict())
 
 
 def _flipped(data: Transitions) -> Transitions:
@@ -271,14 +272,13 @@ def test_nan_training_data_raises_before_training(cartpole_data):
     obs[10, 1] = float("nan")
     bad = _replace(train.index(slice(0, 500)), obs=obs)
     model = _model()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+    before = state_of(model)
     with pytest.raises(ValueError, match=r"train\.obs contains NaN"):
         train_dynamics(model, bad, val, TrainConfig(epochs=1), progress=False)
     with pytest.raises(ValueError, match=r"val\.next_obs contains NaN"):
         train_dynamics(model, train, _replace(val, next_obs=val.next_obs * float("nan")),
                        TrainConfig(epochs=1), progress=False)
-    for key, value in model.state_dict().items():
-        assert torch.equal(value, before[key]), key  # not even the normalisers were fitted
+    assert_same_state(model.state_dict(), before)  # not even the normalisers were fitted
 
 
 def test_bad_training_data_shapes_and_actions_raise(cartpole_data):
@@ -337,15 +337,13 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(cartpole_data, t
     resumed_history = train_dynamics(resumed, train, val, config, progress=False, checkpoint_path=path)
     assert resumed_history.epochs == 4
     assert _history_without_time(resumed_history) == _history_without_time(whole_history)
-    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
-        assert torch.equal(a, b), name
+    assert_same_state(whole.state_dict(), resumed.state_dict())
 
     # a finished checkpoint only restores the best weights: calling again changes nothing
     again = _model(99)
     again_history = train_dynamics(again, train, val, config, progress=False, checkpoint_path=path)
     assert _history_without_time(again_history) == _history_without_time(whole_history)
-    for (name, a), b in zip(whole.state_dict().items(), again.state_dict().values()):
-        assert torch.equal(a, b), name
+    assert_same_state(whole.state_dict(), again.state_dict())
 
 
 def test_training_checkpoint_is_written_every_epoch(cartpole_data, tmp_path, monkeypatch):

@@ -18,13 +18,13 @@ from wmbook.models import (
 )
 from wmbook.rollout import imagine
 
+from helpers import same_weights, weights_of
+
 SMALL = DynamicsConfig(hidden_size=32, n_layers=2)
 QUICK = TrainConfig(epochs=6, batch_size=128, patience=6, seed=3)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)  # tiny networks on busy cores; conftest restores the count
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks on busy cores
 
 
 def _ensemble(data, n_members: int = 3, seed: int = 0) -> DynamicsEnsemble:
@@ -33,14 +33,6 @@ def _ensemble(data, n_members: int = 3, seed: int = 0) -> DynamicsEnsemble:
     for member in ensemble.members:
         member.fit_normalizers(data)
     return ensemble.eval()
-
-
-def _weights(module: torch.nn.Module) -> list[torch.Tensor]:
-    return [p.detach().clone() for p in module.parameters()]
-
-
-def _same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
-    return all(torch.equal(x, y) for x, y in zip(a, b))
 
 
 # -- predictions ------------------------------------------------------------------------
@@ -97,8 +89,8 @@ def test_fewer_than_two_members_raise(n_members):
 def test_members_are_initialised_differently():
     seed_everything(0)
     ensemble = DynamicsEnsemble(SMALL, 2)
-    a, b = (_weights(member) for member in ensemble.members)
-    assert not _same(a, b)
+    a, b = (weights_of(member) for member in ensemble.members)
+    assert not same_weights(a, b)
 
 
 # -- checkpoints ------------------------------------------------------------------------
@@ -158,7 +150,7 @@ def trained_ensembles(cartpole_data):
     for _ in range(2):
         seed_everything(0)
         ensemble = DynamicsEnsemble(SMALL, 3)
-        start = [_weights(member) for member in ensemble.members]
+        start = [weights_of(member) for member in ensemble.members]
         histories = train_ensemble(ensemble, train, val, QUICK, progress=False)
         results.append((ensemble, start, histories))
     return results
@@ -168,12 +160,12 @@ def test_train_ensemble_trains_every_member(trained_ensembles, cartpole_data):
     ensemble, start, histories = trained_ensembles[0]
     assert len(histories) == 3 and all(isinstance(h, TrainHistory) for h in histories)
     for member, initial, history in zip(ensemble.members, start, histories):
-        assert not _same(_weights(member), initial)
+        assert not same_weights(weights_of(member), initial)
         assert history.best_val < history.initial_val
     assert not ensemble.training and not any(m.training for m in ensemble.members)
     # the members differ from each other, and their mean is a sensible model
-    weights = [_weights(member) for member in ensemble.members]
-    assert not _same(weights[0], weights[1]) and not _same(weights[1], weights[2])
+    weights = [weights_of(member) for member in ensemble.members]
+    assert not same_weights(weights[0], weights[1]) and not same_weights(weights[1], weights[2])
     _, val = cartpole_data
     with torch.no_grad():
         prediction = ensemble.predict(val.obs, val.action)
@@ -185,7 +177,7 @@ def test_train_ensemble_trains_every_member(trained_ensembles, cartpole_data):
 def test_train_ensemble_is_reproducible(trained_ensembles):
     (first, _, first_histories), (second, _, second_histories) = trained_ensembles
     for a, b in zip(first.members, second.members):
-        assert _same(_weights(a), _weights(b))
+        assert same_weights(weights_of(a), weights_of(b))
     assert [h.val["total"] for h in first_histories] == [h.val["total"] for h in second_histories]
 
 
@@ -221,7 +213,7 @@ def test_identical_starts_still_differ_after_training_on_different_resamples(car
     ensemble = DynamicsEnsemble(SMALL, 2)
     ensemble.members[1].load_state_dict(ensemble.members[0].state_dict())
     train_ensemble(ensemble, train, val, TrainConfig(epochs=1, batch_size=256, seed=0), progress=False)
-    assert not _same(_weights(ensemble.members[0]), _weights(ensemble.members[1]))
+    assert not same_weights(weights_of(ensemble.members[0]), weights_of(ensemble.members[1]))
 
 
 # -- imagination ------------------------------------------------------------------------

@@ -12,6 +12,8 @@ from wmbook.buffers import ReplayBuffer
 from wmbook.envs import WorldModelEnv, collect_transitions, make_env
 from wmbook.models import DynamicsConfig, Prediction
 
+from helpers import assert_same_state, state_of
+
 
 class StubModel(torch.nn.Module):
     """Moves every coordinate by ``(action - 0.5) * 0.1``; fixed reward and done probability.
@@ -118,14 +120,14 @@ def test_steps_are_the_models_own_predictions(env, trained_model):
 
 def test_the_env_changes_neither_weights_nor_mode(trained_model, cartpole_data):
     model = trained_model[0]
-    before = {key: value.clone() for key, value in model.state_dict().items()}
+    before = state_of(model)
     env = WorldModelEnv(model, cartpole_data[0].obs)
     env.reset(seed=0)
     for action in [0, 1] * 10:
         if env.step(action)[2]:
             env.reset()
     assert not model.training
-    assert all(torch.equal(before[key], value) for key, value in model.state_dict().items())
+    assert_same_state(before, model.state_dict())
     stub = StubModel().train()
     stub_env = WorldModelEnv(stub, STARTS)
     stub_env.reset(seed=0), stub_env.step(1)
@@ -181,7 +183,7 @@ def test_sampled_termination_is_seeded_and_gives_both_outcomes():
     outcomes = _first_step_terminations(make(), seed=0)
     assert outcomes == _first_step_terminations(make(), seed=0)
     assert outcomes != _first_step_terminations(make(), seed=1)
-    assert 60 < sum(outcomes) < 140
+    assert 80 < sum(outcomes) < 120
     # with the threshold instead, done_prob 0.5 is not above 0.5: it never terminates
     assert not any(_first_step_terminations(WorldModelEnv(StubModel(done_prob=0.5), STARTS), seed=0))
 
@@ -271,7 +273,7 @@ def test_stable_baselines3_trains_in_it(trained_model, cartpole_data):
     from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
     model = trained_model[0]
-    before = {key: value.clone() for key, value in model.state_dict().items()}
+    before = state_of(model)
     env = WorldModelEnv(model, cartpole_data[0].obs, max_episode_steps=100)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -280,4 +282,4 @@ def test_stable_baselines3_trains_in_it(trained_model, cartpole_data):
     agent = sb3.DQN("MlpPolicy", env, learning_starts=50, buffer_size=1000, seed=0, device="cpu")
     agent.learn(300)
     assert agent.num_timesteps == 300
-    assert all(torch.equal(before[key], value) for key, value in model.state_dict().items())
+    assert_same_state(before, model.state_dict())

@@ -15,9 +15,7 @@ FIELDS = ("obs", "action", "reward", "next_obs", "terminated", "truncated")
 SMALL = DynamicsConfig(hidden_size=32, n_layers=2)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)  # tiny networks on busy cores; conftest restores the count
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks on busy cores
 
 
 # -- hand-built buffers -----------------------------------------------------------------
@@ -126,7 +124,7 @@ def test_separately_collected_batches_are_not_joined():
     collect_transitions(env, 40, seed=1, buffer=buffer)
     data = buffer.all()
     cut = np.zeros(len(data), dtype=bool)
-    cut[39] = True  # the first batch ended here without a flag
+    cut[len(first) - 1] = True  # the first batch ended here without a flag
     ends = (data.terminated | data.truncated).numpy() | cut
     starts = np.concatenate([[0], np.flatnonzero(ends) + 1])
     lengths = [n for n in np.diff(np.concatenate([starts, [len(data)]])) if n > 0]
@@ -213,7 +211,7 @@ def test_step_and_flatten():
 
 @pytest.fixture(scope="module")
 def window_data():
-    """(train, val) windows of length 4 from random CartPole play."""
+    """(train, val) replay buffers of random CartPole play, to cut windows from."""
     train = collect_transitions(make_env("CartPole-v1"), 1500, seed=0)
     val = collect_transitions(make_env("CartPole-v1"), 500, seed=1)
     return train, val

@@ -127,7 +127,7 @@ def replay_real(env: gym.Env, start_states: np.ndarray, actions: np.ndarray | No
     alive = np.zeros((batch, horizon), dtype=bool)
     terminated_at = np.full(batch, horizon)
     for i in range(batch):
-        obs, _ = env.reset()
+        env.reset()
         set_cartpole_state(env, start_states[i])
         obs = start_states[i]
         for t in range(horizon):

@@ -1,6 +1,7 @@
 """The book's agents: DQN, and Dyna-DQN, which adds updates on imagined transitions."""
 
-from wmbook.agents.dqn import DQNAgent, DQNConfig, DQNResult, evaluate_greedy, train_dqn
+from wmbook.agents.dqn import (
+    DQNAgent, DQNConfig, DQNResult, evaluate_greedy, evaluation_seed, train_dqn)
 from wmbook.agents.dyna import DynaConfig, DynaPlanner, imagined_transitions, train_dyna_dqn
 from wmbook.agents.experiments import RunRecord, RunSpec, run_all, run_one
 
@@ -11,6 +12,7 @@ __all__ = [
     "DynaConfig",
     "DynaPlanner",
     "evaluate_greedy",
+    "evaluation_seed",
     "RunRecord",
     "RunSpec",
     "imagined_transitions",

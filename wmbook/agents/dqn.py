@@ -99,6 +99,12 @@ def epsilon_at(step: int, config: DQNConfig) -> float:
     return config.epsilon_start + fraction * (config.epsilon_end - config.epsilon_start)
 
 
+def evaluation_seed(run_seed: int) -> int:
+    """Seed of the first evaluation episode of a run: far from the training seeds, fixed per
+    run, so every evaluation of a run (and of every method on that seed) faces the same starts."""
+    return 10_000 * (run_seed + 1)
+
+
 def evaluate_greedy(policy: Callable[[np.ndarray], np.ndarray], env_id: str = "CartPole-v1",
                     episodes: int = 10, seed: int = 0) -> np.ndarray:
     """Returns of ``episodes`` greedy episodes, run side by side; ``policy`` maps observations
@@ -176,7 +182,7 @@ def train_dqn(config: DQNConfig, device: torch.device | str = "cpu", progress: b
 
         if (step + 1) % config.eval_every == 0:
             returns = evaluate_greedy(lambda o: agent.greedy(torch.as_tensor(o)).cpu().numpy(),
-                                      config.env_id, config.eval_episodes, seed=10_000 * (config.seed + 1))
+                                      config.env_id, config.eval_episodes, evaluation_seed(config.seed))
             result.eval_steps.append(step + 1)
             result.eval_returns.append(float(returns.mean()))
             bar.set_postfix(eval=f"{returns.mean():.0f}")

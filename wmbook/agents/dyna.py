@@ -73,7 +73,7 @@ class DynaPlanner:
         self.refits, self.imagined = 0, 0
 
     def refit(self, buffer: ReplayBuffer, step: int) -> None:
-        """Fit the model to every real transition so far, 10% held out for early stopping."""
+        """Fit the model to every real transition so far; 10% are held out to keep the best weights."""
         config = self.config
         data = buffer.all(self.device)
         order = torch.randperm(len(data), generator=torch.Generator().manual_seed(step)).to(self.device)
@@ -114,7 +114,8 @@ class DynaPlanner:
 def train_dyna_dqn(dqn_config: DQNConfig, dyna_config: DynaConfig, device: torch.device | str = "cpu",
                    progress: bool = True) -> tuple[DQNResult, DynaPlanner]:
     """Dyna-DQN: :func:`train_dqn` with a :class:`DynaPlanner` after every real step."""
-    env = make_env(dqn_config.env_id)
+    env = make_env(dqn_config.env_id)  # only to read the spaces
     planner = DynaPlanner(dyna_config, dqn_config, env.observation_space.shape[0],
                           int(env.action_space.n), device)
+    env.close()
     return train_dqn(dqn_config, device, progress, after_step=planner), planner
