@@ -8,14 +8,32 @@ PROFILE ?= full
 SEED    ?= 0
 PY      := $(VENV)/bin/python
 
-.PHONY: book test setup clean
+.PHONY: book test setup lock clean
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed node_modules/.package-lock.json
 
+# constraints.txt locks every package installed here, transitive ones included
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[book,test,bench]"
 	touch $@
+
+# MathJax, served with the book so that its equations render offline (pinned in package-lock.json)
+node_modules/.package-lock.json: package.json package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "npm is missing: install Node.js and npm (Debian: apt-get install nodejs npm), then run make again" >&2; exit 1; }
+	npm ci --ignore-scripts --no-audit --no-fund
+
+# Rebuild the lock in a fresh environment, from the versions pinned now plus whatever a changed
+# requirement needs; commit the new constraints.txt.
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet -c constraints.txt -e ".[book,test,bench]"
+	# torch without its local label (+cpu): ==2.13.0 takes the CPU build here and PyPI's elsewhere
+	{ sed -n '/^#/p' constraints.txt; .venv-lock/bin/python -m pip freeze --all --exclude-editable | grep -v "^pip==" \
+	  | sed 's/^torch==\([^+]*\)+.*/torch==\1/'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf .venv-lock
 
 book: setup
 	$(PY) -m wmbook all --profile $(PROFILE) --seed $(SEED)

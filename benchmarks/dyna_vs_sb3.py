@@ -5,10 +5,15 @@ Every method runs on the same seeds under the same evaluation protocol as Chapte
 has solved CartPole at the first evaluation with a mean return of at least 475, and stops
 there. stable-baselines3's DQN uses rl-baselines3-zoo's CartPole-v1 hyperparameters.
 
-    python benchmarks/dyna_vs_sb3.py                       # 5 seeds, writes the book's table
-    python benchmarks/dyna_vs_sb3.py --seeds 0 --budget 20000 --out -   # a quick look
+Across seeds, each method is summarised by ``wmbook.stats`` (rliable): interquartile mean and
+median of the real steps to solve with 95 % stratified-bootstrap confidence intervals, and the
+probability that Dyna-DQN needs fewer steps than each DQN. A run that never solves counts as
+the budget, a censored value that favours the unsolved method.
 
-The table goes to ``book/benchmark_results.md`` (shown by the book's appendix page), with the
+    python benchmarks/dyna_vs_sb3.py                       # 5 seeds, writes the book's table
+    python benchmarks/dyna_vs_sb3.py --seeds 0 1 --budget 20000 --out -   # a quick look
+
+The tables go to ``book/benchmark_results.md`` (shown by the book's appendix page), with the
 command, versions, machine and date that produced it.
 """
 
@@ -18,6 +23,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
+import importlib.metadata
 import multiprocessing
 import os
 import platform
@@ -27,6 +33,9 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
+from wmbook.stats import (REPS, Interval, Summary, aggregate, probability_of_improvement, steps_to_solve,
+                          summary_table)
 
 # rl-baselines3-zoo, hyperparams/dqn.yml, CartPole-v1 ("almost tuned"); n_timesteps 5e4
 ZOO_CARTPOLE_DQN = dict(
@@ -99,21 +108,81 @@ def job(args: tuple) -> Outcome:
 
 
 def median_steps(outcomes: list[Outcome]) -> float:
+    """The median run's real steps to solve; infinite when that run did not solve."""
     return float(np.median([o.solved_at if o.solved_at is not None else np.inf for o in outcomes]))
 
 
-def table(outcomes: list[Outcome], methods: list[str], budget: int) -> tuple[str, dict[str, float]]:
-    lines = ["| method | real steps to solve, per seed | median | median wall time per run |",
-             "|---|---|---|---|"]
-    medians = {}
+def per_seed_table(outcomes: list[Outcome], methods: list[str], budget: int) -> str:
+    lines = ["| method | real steps to solve, per seed | median wall time per run |", "|---|---|---|"]
     for method in methods:
         runs = [o for o in outcomes if o.method == method]
-        medians[method] = median_steps(runs)
         per_seed = ", ".join(f"{o.solved_at:,}" if o.solved_at else f"> {budget:,}" for o in runs)
-        median = f"{medians[method]:,.0f}" if np.isfinite(medians[method]) else f"> {budget:,}"
         wall = np.median([o.seconds for o in runs])
-        lines.append(f"| {method} | {per_seed} | {median} | {wall:.0f} s |")
-    return "\n".join(lines), medians
+        lines.append(f"| {method} | {per_seed} | {wall:.0f} s |")
+    return "\n".join(lines)
+
+
+def compare(p: Interval, better: str, other: str) -> str:
+    """What an interval of P(`better` needs fewer steps than `other`) establishes."""
+    if p.low > 0.5:
+        return f"{better} needs fewer steps than {other} on these seeds"
+    if p.high < 0.5:
+        return f"{better} needs more steps than {other} on these seeds"
+    return "the interval contains 0.5: these seeds do not establish which of the two needs fewer steps"
+
+
+def statistics(outcomes: list[Outcome], methods: list[str], budget: int,
+               reps: int) -> tuple[str, dict[str, Summary]]:
+    """IQM and median steps to solve with 95 % CIs, and Dyna-DQN's probability of improvement."""
+    solved_at = {m: [o.solved_at for o in outcomes if o.method == m] for m in methods}
+    steps = {m: steps_to_solve(solved_at[m], budget) for m in methods}
+    summaries = aggregate(steps, reps=reps, seed=0)
+    table = summary_table(summaries, metric="steps").splitlines()
+    table[0] += " unsolved runs |"
+    table[1] += "---|"
+    for row, method in enumerate(methods, start=2):
+        table[row] += f" {solved_at[method].count(None)} |"
+
+    # rank on the IQMs as printed, so that methods shown with the same number tie in the text too
+    shown = {m: round(summaries[m].iqm.estimate) for m in methods}
+    ranks = [[m for m in methods if shown[m] == value] for value in sorted(set(shown.values()))]
+    bullets = ["Fewest real steps to solve by IQM: " + ", then ".join(
+        " and ".join(group) + f" with {shown[group[0]]:,}" for group in ranks) + "."]
+    dyna = methods[1]
+    for other in (methods[2], methods[0]):
+        p = probability_of_improvement(steps[dyna], steps[other], lower_is_better=True, reps=reps, seed=0)
+        bullets.append(f"Probability that a {dyna} run needs fewer real steps than a {other} run "
+                       f"(ties count half): {p.format(digits=2)}; {compare(p, dyna, other)}.")
+    text = "\n\n".join([
+        f"Across seeds, with 95 % stratified-bootstrap confidence intervals (rliable, {reps:,} "
+        f"resamples, seed 0). A run that did not solve counts as the budget of {budget:,} steps, "
+        f"so for a method with unsolved runs the IQM and median are lower bounds:",
+        "\n".join(table),
+        "\n".join(f"- {b}" for b in bullets),
+    ])
+    return text, summaries
+
+
+def verdict(outcomes: list[Outcome], methods: list[str], budget: int,
+            summaries: dict[str, Summary]) -> list[str]:
+    """The two targets set for Dyna-DQN, judged on medians; an unsolved median run is beyond the budget."""
+    medians = {m: median_steps([o for o in outcomes if o.method == m]) for m in methods}
+    dyna, sb3 = medians[methods[1]], medians[methods[2]]
+    if not np.isfinite(dyna):
+        return [f"Dyna-DQN's median run did not solve within {budget:,} steps (target: at most 10,000) "
+                f"- not met.", "Ratio to stable-baselines3's median (target: at most 1/3) - not met."]
+    median = summaries[methods[1]].median if summaries else None
+    ci = f", 95 % CI [{median.low:,.0f}, {median.high:,.0f}]" if median else ""
+    lines = [f"Dyna-DQN's median steps to solve: {dyna:,.0f}{ci} (target: at most 10,000) - "
+             f"{'met' if dyna <= 10_000 else 'not met'}."]
+    if np.isfinite(sb3):
+        lines.append(f"Ratio to stable-baselines3's median: {dyna / sb3:.2f} (target: at most 1/3) - "
+                     f"{'met' if dyna <= sb3 / 3 else 'not met'}.")
+    else:
+        lines.append(f"stable-baselines3's median run did not solve within {budget:,} steps, so the ratio "
+                     f"is below {dyna / budget:.2f} (target: at most 1/3) - "
+                     f"{'met' if dyna <= budget / 3 else 'undecided'}.")
+    return lines
 
 
 def provenance(argv: list[str], workers: int) -> str:
@@ -133,8 +202,8 @@ def provenance(argv: list[str], workers: int) -> str:
         f"- machine: {platform.system()} {platform.machine()}, {os.cpu_count()} cores ({cpu}), "
         f"{workers} runs side by side, one torch thread each",
         f"- versions: wmbook {wmbook.__version__}, torch {torch.__version__}, gymnasium "
-        f"{gymnasium.__version__}, stable-baselines3 {stable_baselines3.__version__}, "
-        f"Python {platform.python_version()}",
+        f"{gymnasium.__version__}, stable-baselines3 {stable_baselines3.__version__}, rliable "
+        f"{importlib.metadata.version('rliable')}, Python {platform.python_version()}",
     ])
 
 
@@ -147,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--out", default="book/benchmark_results.md", help="'-' prints only")
+    parser.add_argument("--reps", type=int, default=REPS, help="bootstrap resamples per interval")
     args = parser.parse_args(argv)
 
     methods = ["DQN (wmbook)", f"Dyna-DQN, K={args.k} (wmbook)", "DQN (stable-baselines3, rl-zoo settings)"]
@@ -169,18 +239,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{outcome.method:>42} seed {outcome.seed}: {solved} ({outcome.seconds:.0f} s)",
                   flush=True)
             outcomes.append(outcome)
-    text, medians = table(outcomes, methods, args.budget)
-    dyna, sb3 = medians[methods[1]], medians[methods[2]]
-    verdict = [
-        f"Dyna-DQN's median steps to solve: {dyna:,.0f} (target: at most 10,000) - "
-        f"{'met' if dyna <= 10_000 else 'not met'}.",
-        f"Ratio to stable-baselines3's median: {dyna / sb3:.2f} (target: at most 1/3) - "
-        f"{'met' if dyna <= sb3 / 3 else 'not met'}." if np.isfinite(sb3) else
-        f"stable-baselines3's median run did not solve within {args.budget:,} steps, so the ratio is "
-        f"below {dyna / args.budget:.2f} (target: at most 1/3) - {'met' if dyna <= args.budget / 3 else 'undecided'}.",
-    ]
-    report = "\n\n".join([text, "\n".join(f"- {line}" for line in verdict), provenance(argv, args.workers),
-                          f"Total wall time: {time.perf_counter() - started:.0f} s."])
+    parts = [per_seed_table(outcomes, methods, args.budget)]
+    summaries = {}
+    if len(args.seeds) >= 2:
+        stats_started = time.perf_counter()
+        text, summaries = statistics(outcomes, methods, args.budget, args.reps)
+        parts.append(text)
+        print(f"statistics across seeds: {time.perf_counter() - stats_started:.0f} s", flush=True)
+    else:
+        parts.append("Confidence intervals need at least 2 seeds: rerun with more `--seeds`.")
+    parts += ["\n".join(f"- {line}" for line in verdict(outcomes, methods, args.budget, summaries)),
+              provenance(argv, args.workers), f"Total wall time: {time.perf_counter() - started:.0f} s."]
+    report = "\n\n".join(parts)
     print("\n" + report)
     if args.out != "-":
         Path(args.out).write_text(report + "\n")

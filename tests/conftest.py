@@ -1,6 +1,11 @@
-"""Shared fixtures: small, seeded CartPole data sets and one briefly trained world model."""
+"""Shared fixtures: small, seeded CartPole data sets, one briefly trained world model, and the
+whole book run through the pipeline on the ci profile."""
 
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
@@ -43,3 +48,42 @@ def _restore_torch_threads():
 def one_thread():
     """One torch thread: tiny networks run faster without threading overhead on busy cores."""
     torch.set_num_threads(1)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_wmbook(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """``python -m wmbook ARGS`` in ``cwd``, output captured."""
+    return subprocess.run([sys.executable, "-m", "wmbook", *args], cwd=cwd, capture_output=True, text=True)
+
+
+def copy_book(target: Path) -> Path:
+    """The book's sources (configuration, pages, chapters, images, lock) copied into ``target``."""
+    for name in ("_config.yml", "_toc.yml", "constraints.txt"):
+        shutil.copy2(ROOT / name, target / name)
+    for folder in ("book", "imgs"):
+        shutil.copytree(ROOT / folder, target / folder, ignore=shutil.ignore_patterns("checkpoints", "*.results.json"))
+    if (ROOT / "node_modules").is_dir():  # assets the book serves itself (MathJax)
+        (target / "node_modules").symlink_to(ROOT / "node_modules")
+    return target
+
+
+def commit_all(root: Path) -> str:
+    """Make ``root`` a git repository with one commit of everything in it; return the commit."""
+    git = ["git", "-C", str(root), "-c", "user.name=wmbook tests", "-c", "user.email=tests@wmbook.invalid"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "book under test"], check=True)
+    return subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture(scope="session")
+def built_book(tmp_path_factory) -> Path:
+    """A committed copy of the real book, run with ``all --profile ci`` (executed, validated,
+    built into ``<root>/_build/html``) once for the whole test session. Do not modify it."""
+    root = copy_book(tmp_path_factory.mktemp("book"))
+    commit_all(root)
+    result = run_wmbook(root, "all", "--profile", "ci")
+    assert result.returncode == 0, f"pipeline failed:\n{result.stdout}\n{result.stderr}"
+    return root

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from wmbook import pipeline
-from wmbook.profiles import PROFILE_NAMES, PROFILES
+from wmbook.chapters import CHAPTER_MODULES, PROFILE_NAMES, chapter_module
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = pipeline.chapters(ROOT)
@@ -43,9 +43,19 @@ def test_one_parameters_cell_with_profile_seed_device(chapter):
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda c: c.name)
-def test_chapter_has_every_profile(chapter):
-    assert chapter.name in PROFILES, f"{chapter.name} has no entry in wmbook.profiles.PROFILES"
-    assert set(PROFILES[chapter.name]) == set(PROFILE_NAMES)
+def test_chapter_has_a_module_with_every_profile(chapter):
+    assert chapter.name in CHAPTER_MODULES, f"{chapter.name} has no entry in wmbook.chapters.CHAPTER_MODULES"
+    assert set(chapter_module(chapter.name).PROFILES) == set(PROFILE_NAMES)
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda c: c.name)
+def test_chapter_setup_is_the_shared_call(chapter):
+    """Setup code lives once in wmbook.notebook.setup_chapter, not copied into each chapter."""
+    code = [c.source for c in _notebook(chapter).cells if c.cell_type == "code"]
+    calls = [source for source in code if f'setup_chapter("{chapter.name}", profile, seed, device)' in source]
+    assert len(calls) == 1, f"{chapter.source} must call setup_chapter once with its own name"
+    for copied in ("seed_everything(", "set_threads(", "print_stamp(", "InlineBackend"):
+        assert not any(copied in source for source in code), f"{chapter.source} repeats {copied}"
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda c: c.name)
@@ -54,6 +64,8 @@ def test_install_cell_uses_the_configured_repository(chapter):
     first_code = next(c for c in _notebook(chapter).cells if c.cell_type == "code")
     assert "pip" in first_code.source and "wmbook" in first_code.source, "first code cell must install wmbook"
     assert f"\"{url}\"" in first_code.source, f"install cell must use the repository URL of _config.yml ({url})"
+    assert re.search(r'^WMBOOK_REF = "main"', first_code.source, re.M), "the pipeline pins WMBOOK_REF: keep that line"
+    assert "@{WMBOOK_REF}" in first_code.source
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda c: c.name)

@@ -373,3 +373,219 @@ def test_load_malformed_metadata(tmp_path):
     _resave(path, meta=np.array("{not json"))
     with pytest.raises(ValueError, match="malformed buffer metadata"):
         ReplayBuffer.load(path)
+
+
+# -- storing each observation once, checked against a plain reference -------------------
+
+
+class _PlainRing:
+    """The buffer's contract written the plain way: a list of whole transitions, each with its
+    own copy of ``next_obs``, and the same draws from a generator seeded alike."""
+
+    def __init__(self, capacity: int, seed: int):
+        self.capacity, self.slots, self.next, self.size = capacity, [None] * capacity, 0, 0
+        self.rng = np.random.default_rng(seed)
+
+    def add(self, transition) -> None:
+        self.slots[self.next] = transition
+        self.next = (self.next + 1) % self.capacity
+        self.size = min(self.size + 1, self.capacity)
+
+    def add_batch(self, transitions: list) -> None:
+        for transition in transitions[-self.capacity :]:  # only the newest `capacity` are written
+            self.add(transition)
+
+    def all(self) -> list:
+        start = self.next if self.size == self.capacity else 0
+        return [self.slots[(start + i) % self.capacity] for i in range(self.size)]
+
+    def sample(self, batch_size: int) -> list:
+        return [self.slots[i] for i in self.rng.integers(0, self.size, size=batch_size)]
+
+    def windows(self, length: int) -> list:
+        data = self.all()
+
+        def goes_on(p):  # same episode, and the data line up
+            _, _, _, next_obs, terminated, truncated = data[p]
+            return not (terminated or truncated) and bool(np.all(next_obs == data[p + 1][0]))
+
+        return [data[p : p + length] for p in range(len(data) - length + 1)
+                if all(goes_on(q) for q in range(p, p + length - 1))]
+
+    def sample_windows(self, batch_size: int, length: int) -> list:
+        windows = self.windows(length)
+        return [windows[i] for i in self.rng.integers(0, len(windows), size=batch_size)]
+
+
+def _assert_same_transitions(batch: Transitions, expected: list) -> None:
+    """``batch`` (``(N, ...)`` or ``(N, k, ...)``) holds ``expected``, float values bit for bit."""
+    for column, name in enumerate(("obs", "action", "reward", "next_obs", "terminated", "truncated")):
+        values = np.array([[t[column] for t in w] if isinstance(w, list) else w[column] for w in expected])
+        got = getattr(batch, name).numpy()
+        if got.dtype == np.float32:
+            values = values.astype(np.float32)
+            assert np.array_equal(got.view(np.uint32), values.reshape(got.shape).view(np.uint32)), name
+        else:
+            assert np.array_equal(got, values.reshape(got.shape)), name
+
+
+class _EpisodeSource:
+    """Transitions from random-walk episodes, with what makes storage tricky: episode ends and
+    data breaks, next episodes that start where the last one ended, and -0.0 beside 0.0."""
+
+    def __init__(self, rng: np.random.Generator, obs_shape: tuple[int, ...]):
+        self.rng, self.obs_shape = rng, obs_shape
+        self.state = self._fresh()
+
+    def _fresh(self) -> np.ndarray:  # on a grid of halves, so that exact zeros are common
+        return (self.rng.integers(-2, 3, size=self.obs_shape) / 2).astype(np.float32)
+
+    def __call__(self):
+        rng, obs = self.rng, self.state
+        step = rng.choice([0.5, -0.5, 0.0], size=self.obs_shape)
+        next_obs = (obs + step).astype(np.float32)
+        terminated, truncated = bool(rng.random() < 0.1), bool(rng.random() < 0.05)
+        if terminated or truncated or rng.random() < 0.05:  # a new episode or a break in the data
+            self.state = next_obs.copy() if rng.random() < 0.3 else self._fresh()
+        else:
+            self.state = next_obs.copy()
+        if rng.random() < 0.1:  # 0.0 becomes -0.0: equal values, different bits
+            self.state = np.where(self.state == 0, np.float32(-0.0), self.state)
+        return obs, int(rng.integers(3)), np.float32(rng.normal()), next_obs, terminated, truncated
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_buffer_matches_a_plain_list_of_transitions(seed, tmp_path):
+    rng = np.random.default_rng(seed)
+    capacity = int(rng.integers(1, 25))
+    obs_shape = ((2,), (), (2, 2))[seed % 3]
+    buffer, plain = ReplayBuffer(capacity, obs_shape, seed=seed), _PlainRing(capacity, seed)
+    source = _EpisodeSource(rng, obs_shape)
+    for op in range(120):
+        if rng.random() < 0.7:
+            transition = source()
+            buffer.add(*transition)
+            plain.add(transition)
+        else:  # a batch, sometimes larger than the whole buffer
+            batch = [source() for _ in range(int(rng.integers(1, 2 * capacity + 2)))]
+            buffer.add_batch(*(np.array(column) for column in zip(*batch)))
+            plain.add_batch(batch)
+        if op % 40 == 39:  # a file round trip keeps contents, links and sampling state
+            buffer = ReplayBuffer.load(buffer.save(tmp_path / f"b{op}.npz"))
+        _assert_same_transitions(buffer.all(), plain.all())
+        _assert_same_transitions(buffer.sample(5), plain.sample(5))
+        length = int(rng.integers(1, 5))
+        _assert_same_transitions(buffer.windows(length), plain.windows(length))
+        if plain.windows(length):
+            _assert_same_transitions(buffer.sample_windows(4, length), plain.sample_windows(4, length))
+        else:
+            with pytest.raises(ValueError, match="no window"):
+                buffer.sample_windows(4, length)
+        assert len(buffer) == plain.size
+
+
+def test_linked_observations_are_stored_once():
+    buffer = ReplayBuffer(1000, (16, 16))
+    rng = np.random.default_rng(0)
+    for _ in range(20):  # 20 episodes of 50 steps
+        states = rng.normal(size=(51, 16, 16)).astype(np.float32)
+        ends = np.arange(50) == 49
+        buffer.add_batch(states[:-1], np.zeros(50, np.int64), np.ones(50), states[1:], ends)
+    one_copy = buffer.obs.nbytes
+    # the old layout held obs and next_obs side by side: more than twice this
+    assert buffer.nbytes < 1.1 * one_copy
+    assert torch.equal(buffer.all().next_obs[:49], buffer.all().obs[1:50])
+
+
+def test_a_changed_next_obs_bit_is_kept_apart_and_returned():
+    buffer = ReplayBuffer(5, (1,))
+    buffer.add(np.array([1.0]), 0, 0.0, np.array([0.0]), False)
+    buffer.add(np.array([-0.0]), 0, 0.0, np.array([2.0]), False)  # equal to 0.0, other bits
+    data = buffer.all()
+    assert np.signbit(data.next_obs[0, 0].item()) == False and np.signbit(data.obs[1, 0].item())  # noqa: E712
+    assert buffer.windows(2).obs.shape[0] == 1  # still consecutive for windows: 0.0 == -0.0
+
+
+# -- sample_windows ---------------------------------------------------------------------
+
+
+def _episodes_buffer(seed: int = 0) -> ReplayBuffer:
+    """Episodes of 3, 1, 5 and 4 (cut off) steps; obs counts up inside an episode, +100 between."""
+    buffer = ReplayBuffer(100, (2,), seed=seed)
+    value = 0.0
+    for length, end in [(3, "terminated"), (1, "truncated"), (5, "terminated"), (4, None)]:
+        for t in range(length):
+            obs = np.full(2, value, dtype=np.float32)
+            last = t == length - 1
+            buffer.add(obs, t % 2, value, obs + 1, last and end == "terminated", last and end == "truncated")
+            value += 1
+        value += 100
+    return buffer
+
+
+def test_sample_windows_draws_exactly_the_windows_of_windows():
+    buffer = _episodes_buffer()
+    every = buffer.windows(3)  # 1 + 0 + 3 + 2 windows
+    batch = buffer.sample_windows(600, 3)
+    assert batch.obs.shape == (600, 3, 2) and batch.action.shape == (600, 3)
+    assert batch.next_obs.shape == (600, 3, 2) and batch.terminated.dtype == torch.bool
+    starts = every.obs[:, 0, 0].tolist()
+    drawn = batch.obs[:, 0, 0].tolist()
+    assert set(drawn) == set(starts)  # each window can be drawn, and nothing else
+    counts = [drawn.count(s) for s in starts]
+    assert min(counts) > 600 / 6 * 0.7 and max(counts) < 600 / 6 * 1.3
+    for i, start in enumerate(drawn[:50]):
+        k = starts.index(start)
+        for name in ("obs", "action", "reward", "next_obs", "terminated", "truncated"):
+            assert torch.equal(getattr(batch, name)[i], getattr(every, name)[k]), name
+    assert buffer.sample_windows(2, 3, device="meta").obs.device.type == "meta"
+
+
+def test_sample_windows_is_reproducible_and_uses_the_buffer_generator():
+    a, b, c = _episodes_buffer(5), _episodes_buffer(5), _episodes_buffer(6)
+    assert torch.equal(a.sample_windows(32, 2).obs, b.sample_windows(32, 2).obs)
+    assert not torch.equal(_episodes_buffer(5).sample_windows(32, 2).obs, c.sample_windows(32, 2).obs)
+
+
+def test_sample_windows_errors():
+    buffer = _episodes_buffer()
+    with pytest.raises(ValueError, match="no window of 6 consecutive transitions"):
+        buffer.sample_windows(4, 6)  # the longest episode has 5 steps
+    with pytest.raises(ValueError, match="length"):
+        buffer.sample_windows(4, 0)
+    with pytest.raises(ValueError, match="batch_size"):
+        buffer.sample_windows(0, 2)
+    with pytest.raises(ValueError, match="no window"):
+        ReplayBuffer(5, (2,)).sample_windows(1, 1)
+
+
+# -- file formats -----------------------------------------------------------------------
+
+
+def test_load_reads_the_earlier_format_with_next_obs_in_full(tmp_path):
+    source = _filled(6, 9, seed=2)  # wrapped, every next_obs differs from the following obs
+    expected = source.all()
+    meta = {"format": 1, "capacity": 6, "obs_shape": [3], "action_shape": [], "action_dtype": "<i8",
+            "next": 3, "size": 6, "rng_state": source.rng.bit_generator.state}
+    slots = source.chronological_indices()
+    next_obs = np.zeros((6, 3), np.float32)
+    next_obs[slots] = expected.next_obs.numpy()
+    path = tmp_path / "old.npz"
+    np.savez(path, meta=np.array(json.dumps(meta)), obs=source.obs, action=source.action, reward=source.reward,
+             next_obs=next_obs, terminated=source.terminated, truncated=source.truncated)
+    loaded = ReplayBuffer.load(path)
+    for name in ("obs", "action", "reward", "next_obs", "terminated", "truncated"):
+        assert torch.equal(getattr(loaded.all(), name), getattr(expected, name)), name
+    assert torch.equal(loaded.sample(8).obs, source.sample(8).obs)
+
+
+def test_load_kept_next_obs_must_cover_the_newest_transition(tmp_path):
+    path = _filled(4, 3).save(tmp_path / "b.npz")
+    with np.load(path) as data:
+        slots, kept = data["kept_slots"], data["kept_next_obs"]
+    _resave(path, kept_slots=slots[:-1], kept_next_obs=kept[:-1])
+    with pytest.raises(ValueError, match="kept_slots must be distinct stored slots including the newest"):
+        ReplayBuffer.load(path)
+    _resave(path, kept_next_obs=kept[:1])
+    with pytest.raises(ValueError, match="kept_next_obs"):
+        ReplayBuffer.load(path)

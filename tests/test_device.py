@@ -206,6 +206,42 @@ def test_grad_scaler_active_only_for_float16_on_cuda(monkeypatch, bf16, active):
     assert made == [("cuda", active), ("cuda", False)]
 
 
+def test_amp_dtype_does_not_count_emulated_bfloat16(monkeypatch):
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: asked.append(k) or False)
+    assert amp_dtype("cuda") == torch.float16  # a pre-Ampere GPU: float16 with a scaler
+    assert asked == [{"including_emulation": False}]
+
+
+def test_amp_dtype_asks_about_the_gpu_it_is_given(monkeypatch):
+    selected = []
+
+    @contextlib.contextmanager
+    def select(index):
+        selected.append(index)
+        yield
+
+    monkeypatch.setattr(torch.cuda, "device", select)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert amp_dtype("cuda:1") == torch.bfloat16
+    assert amp_dtype("cuda") == torch.bfloat16  # the current GPU: nothing to select
+    assert selected == [1]
+
+
+@pytest.mark.parametrize("name", ["cpu", "mps", "meta"])
+def test_no_mixed_precision_off_cuda_and_cuda_is_never_asked(monkeypatch, name):
+    def no_gpu_here(*args, **kwargs):
+        raise AssertionError("asked CUDA about a device that is not a GPU")
+
+    recorder = _Recorder()
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", no_gpu_here)
+    monkeypatch.setattr(torch, "autocast", recorder)
+    assert amp_dtype(name) == torch.float32
+    assert isinstance(autocast(name), contextlib.nullcontext)
+    assert not grad_scaler(name).is_enabled()
+    assert recorder.calls == []
+
+
 # -- to_device --------------------------------------------------------------------------
 
 Pair = namedtuple("Pair", ["left", "right"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,56 +12,53 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from conftest import commit_all, run_wmbook
 from wmbook import pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
+wmbook = run_wmbook
 
 
-def wmbook(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "wmbook", *args], cwd=cwd, capture_output=True, text=True)
-
-
-def copy_book(target: Path) -> Path:
-    for name in ("_config.yml", "_toc.yml"):
-        shutil.copy2(ROOT / name, target / name)
-    for folder in ("book", "imgs"):
-        shutil.copytree(ROOT / folder, target / folder, ignore=shutil.ignore_patterns("checkpoints", "*.results.json"))
-    return target
-
-
-def tiny_book(target: Path, cells: list[str]) -> Path:
-    """A one-chapter book whose chapter runs ``cells`` after a parameters cell."""
+def tiny_book(target: Path, chapters: dict[str, list[str]] | list[str]) -> Path:
+    """A book whose chapters (name -> cells run after a parameters cell) are tiny notebooks;
+    a plain list of cells makes one chapter, ``01_tiny``."""
+    if isinstance(chapters, list):
+        chapters = {"01_tiny": chapters}
     (target / "book").mkdir()
     (target / "_config.yml").write_text("title: tiny\nexecute:\n  execute_notebooks: 'off'\n")
-    (target / "_toc.yml").write_text("format: jb-book\nroot: book/intro\nchapters:\n  - file: book/01_tiny\n")
+    toc = "format: jb-book\nroot: book/intro\nchapters:\n" + "".join(f"  - file: book/{name}\n" for name in chapters)
+    (target / "_toc.yml").write_text(toc)
     (target / "book" / "intro.md").write_text("# Tiny\n")
-    notebook = nbformat.v4.new_notebook()
-    parameters = nbformat.v4.new_code_cell('profile = "full"\nseed = 0\ndevice = "auto"')
-    parameters.metadata["tags"] = ["parameters"]
-    notebook.cells = [parameters] + [nbformat.v4.new_code_cell(source) for source in cells]
-    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(notebook, target / "book" / "01_tiny.ipynb")
+    for name, cells in chapters.items():
+        notebook = nbformat.v4.new_notebook()
+        parameters = nbformat.v4.new_code_cell('profile = "full"\nseed = 0\ndevice = "auto"')
+        parameters.metadata["tags"] = ["parameters"]
+        title = nbformat.v4.new_markdown_cell(f"# {name}")
+        notebook.cells = [title, parameters] + [nbformat.v4.new_code_cell(source) for source in cells]
+        notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbformat.write(notebook, target / "book" / f"{name}.ipynb")
     return target
 
 
-@pytest.fixture(scope="module")
-def built_book(tmp_path_factory) -> Path:
-    """The real book, run with the ci profile, validated and built once for this module."""
-    root = copy_book(tmp_path_factory.mktemp("book"))
-    result = wmbook(root, "all", "--profile", "ci")
-    assert result.returncode == 0, f"pipeline failed:\n{result.stdout}\n{result.stderr}"
-    return root
+def executed(root: Path, name: str = "01_tiny") -> nbformat.NotebookNode:
+    return nbformat.read(root / pipeline.STAGE / "book" / f"{name}.ipynb", as_version=4)
+
+
+# -- the real book, ci profile --------------------------------------------------------------
 
 
 def test_every_chapter_executes_validates_and_builds(built_book):
     html = built_book / "_build" / "html"
     assert (html / "index.html").is_file()
+    commit = pipeline.source_commit(built_book)
+    assert commit
     for chapter in pipeline.chapters(built_book):
         page = (html / chapter.source.with_suffix(".html")).read_text()
-        assert "colab.research.google.com/github/wmbook/wmbook/blob/main/" + str(chapter.source) in page
+        # the launch button opens the chapter at the commit that produced the page
+        assert f"colab.research.google.com/github/wmbook/wmbook/blob/{commit}/{chapter.source}" in page
         figures = re.findall(r'<img[^>]+src="[^"]*_images/[^"]*\.png"', page)
-        executed = nbformat.read(built_book / pipeline.STAGE / chapter.source, as_version=4)
-        plotted = sum("image/png" in output.get("data", {}) for cell in executed.cells
+        copy = nbformat.read(built_book / pipeline.STAGE / chapter.source, as_version=4)
+        plotted = sum("image/png" in output.get("data", {}) for cell in copy.cells
                       if cell.cell_type == "code" for output in cell.outputs)
         assert plotted >= 2 and len(figures) == plotted, (
             f"{chapter.name}: {len(figures)} figures on the page, {plotted} in the executed copy")
@@ -71,12 +67,24 @@ def test_every_chapter_executes_validates_and_builds(built_book):
         assert "Traceback" not in page
 
 
+def test_executed_copies_install_the_commit_and_hide_the_injected_parameters(built_book):
+    commit = pipeline.source_commit(built_book)
+    for chapter in pipeline.chapters(built_book):
+        copy = nbformat.read(built_book / pipeline.STAGE / chapter.source, as_version=4)
+        install = next(c for c in copy.cells if c.cell_type == "code")
+        assert f'WMBOOK_REF = "{commit}"' in install.source
+        injected = [c for c in copy.cells if "injected-parameters" in c.metadata.get("tags", [])]
+        assert len(injected) == 1 and "remove-cell" in injected[0].metadata["tags"]
+        assert copy.metadata["papermill"]["parameters"]["profile"] == "ci"
+
+
 def test_chapters_write_their_results_beside_the_executed_copy(built_book):
     for chapter in pipeline.chapters(built_book):
         results = built_book / pipeline.STAGE / chapter.source.with_suffix(".results.json")
         data = json.loads(results.read_text())
         assert data["chapter"] == chapter.name and data["profile"] == "ci" and data["seed"] == 0
         assert data["environment"]["torch"] and data["results"]
+        assert data["environment"]["torch threads"] == "1"  # the pipeline runs one thread per chapter
 
 
 def test_chapter_one_learns_under_the_ci_profile(built_book):
@@ -85,6 +93,17 @@ def test_chapter_one_learns_under_the_ci_profile(built_book):
     assert values["best_val_loss"] < 0.5 * values["initial_val_loss"]
     assert 0 < values["next_state_mse"] < 1.0
     assert 0.0 <= values["done_f1"] <= 1.0
+
+
+def test_a_second_run_with_nothing_changed_skips_every_chapter(built_book):
+    before = {c.name: pipeline._digest(built_book / pipeline.STAGE / c.source)
+              for c in pipeline.chapters(built_book)}
+    result = wmbook(built_book, "all", "--profile", "ci")
+    assert result.returncode == 0, result.stderr
+    for name, digest in before.items():
+        assert f"cached   {name}" in result.stdout
+        assert pipeline._digest(built_book / pipeline.STAGE / "book" / f"{name}.ipynb") == digest
+    assert "run      " not in result.stdout
 
 
 def test_unknown_chapter_is_named(built_book):
@@ -99,9 +118,17 @@ def test_unknown_profile_is_refused(built_book):
     assert "invalid choice: 'huge'" in result.stderr
 
 
-def test_list_shows_chapters(built_book):
+def test_list_shows_chapters_without_importing_torch(built_book):
     result = wmbook(built_book, "list")
     assert result.returncode == 0 and "01_world_model" in result.stdout
+    probe = ("import runpy, sys\nsys.argv = ['wmbook', 'list']\n"
+             "try:\n    runpy.run_module('wmbook', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+             "print('torch loaded' if 'torch' in sys.modules else 'no torch')")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=built_book, capture_output=True, text=True)
+    assert result.stdout.strip().endswith("no torch"), result.stdout + result.stderr
+
+
+# -- tiny books: failures and refusals --------------------------------------------------------
 
 
 def test_failing_chapter_names_chapter_and_cell_and_keeps_partial_output(tmp_path):
@@ -110,8 +137,7 @@ def test_failing_chapter_names_chapter_and_cell_and_keeps_partial_output(tmp_pat
     assert result.returncode == 1
     assert "chapter 01_tiny failed in cell" in result.stderr
     assert "ValueError: broken on purpose" in result.stderr
-    partial = nbformat.read(root / pipeline.STAGE / "book" / "01_tiny.ipynb", as_version=4)
-    outputs = [o.get("text", "") for c in partial.cells if c.cell_type == "code" for o in c.outputs]
+    outputs = [o.get("text", "") for c in executed(root).cells if c.cell_type == "code" for o in c.outputs]
     assert any("before the failure" in text for text in outputs)
 
 
@@ -119,16 +145,87 @@ def test_nondeterministic_chapter_fails_validation_and_cannot_be_built(tmp_path)
     root = tiny_book(tmp_path, ["import os\nprint(os.urandom(8).hex())"])
     assert wmbook(root, "run").returncode == 0
     result = wmbook(root, "validate")
-    assert result.returncode == 1 and "did not reproduce their outputs" in result.stderr
+    assert result.returncode == 1 and "01_tiny did not reproduce its outputs" in result.stderr
     result = wmbook(root, "build")
     assert result.returncode == 1 and "not executed and validated" in result.stderr
+
+
+FIGURE = ("import matplotlib.pyplot as plt\nimport numpy as np\n"
+          "%config InlineBackend.figure_formats = ['png']\n"
+          "fig, ax = plt.subplots(figsize=(3, 2))\nax.plot({points})\nplt.show()")
+
+
+def test_a_figure_that_changes_between_runs_fails_validation(tmp_path):
+    root = tiny_book(tmp_path, [FIGURE.format(points="np.random.default_rng().random(5)")])
+    assert wmbook(root, "run").returncode == 0
+    assert any("image/png" in o.get("data", {}) for c in executed(root).cells for o in c.get("outputs", []))
+    result = wmbook(root, "validate")
+    assert result.returncode == 1
+    assert "png sha256:" in result.stderr  # the report names the figure, as two hashes
+
+
+def test_a_figure_that_reproduces_passes_validation(tmp_path):
+    root = tiny_book(tmp_path, [FIGURE.format(points="np.random.default_rng(3).random(5)")])
+    assert wmbook(root, "run").returncode == 0
+    result = wmbook(root, "validate")
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_a_chapter_edited_after_validation_must_be_validated_again(tmp_path):
     root = tiny_book(tmp_path, ["print(6 * 7)"])
     assert wmbook(root, "run").returncode == 0
     assert wmbook(root, "validate").returncode == 0
-    executed = root / pipeline.STAGE / "book" / "01_tiny.ipynb"
-    executed.write_text(executed.read_text().replace("42", "43"))
+    path = root / pipeline.STAGE / "book" / "01_tiny.ipynb"
+    path.write_text(path.read_text().replace("42", "43"))
     result = wmbook(root, "build")
     assert result.returncode == 1 and "01_tiny" in result.stderr
+
+
+def test_build_refuses_chapters_run_with_different_profiles_or_seeds(tmp_path):
+    root = tiny_book(tmp_path, {"01_one": ["print(profile, seed)"], "02_two": ["print(profile, seed)"]})
+    assert wmbook(root, "run", "-c", "1", "--profile", "ci").returncode == 0
+    assert wmbook(root, "run", "-c", "2", "--profile", "full", "--seed", "3").returncode == 0
+    assert wmbook(root, "validate").returncode == 0
+    result = wmbook(root, "build")
+    assert result.returncode == 1
+    assert "different profiles or seeds" in result.stderr
+    assert "01_one: profile ci, seed 0" in result.stderr and "02_two: profile full, seed 3" in result.stderr
+
+
+def test_the_cache_reruns_a_chapter_when_an_input_changes(tmp_path):
+    root = tiny_book(tmp_path, {"01_one": ["print(profile, seed)"], "02_two": ["print('two')"]})
+    first = wmbook(root, "all", "--profile", "ci")
+    assert first.returncode == 0, first.stderr
+    assert "run      01_one" in first.stdout and "run      02_two" in first.stdout
+    source = root / "book" / "02_two.ipynb"
+    source.write_text(source.read_text().replace("'two'", "'second'"))
+    second = wmbook(root, "all", "--profile", "ci")
+    assert second.returncode == 0, second.stderr
+    assert "cached   01_one" in second.stdout and "run      02_two" in second.stdout
+    third = wmbook(root, "all", "--profile", "ci", "--seed", "1")  # a new seed runs everything
+    assert "run      01_one" in third.stdout and "run      02_two" in third.stdout
+    fourth = wmbook(root, "all", "--profile", "ci", "--seed", "1", "--force")
+    assert "run      01_one" in fourth.stdout
+
+
+def test_a_committed_book_pins_its_install_cell(tmp_path):
+    install = 'REPOSITORY = "x"\nWMBOOK_REF = "main"  # written by the pipeline\nprint(WMBOOK_REF)'
+    root = tiny_book(tmp_path, [install])
+    commit = commit_all(root)
+    assert wmbook(root, "run").returncode == 0
+    cell = executed(root).cells[3]  # title, parameters, injected parameters, install cell
+    assert f'WMBOOK_REF = "{commit}"' in cell.source and "# written by the pipeline" in cell.source
+    assert cell.outputs[0]["text"].strip() == commit  # the pinned cell is what ran
+    assert wmbook(root, "validate").returncode == 0
+
+
+def test_outside_git_the_install_cell_is_left_alone(tmp_path):
+    root = tiny_book(tmp_path, ['WMBOOK_REF = "main"'])
+    assert pipeline.source_commit(root) is None
+    assert wmbook(root, "run").returncode == 0
+    assert 'WMBOOK_REF = "main"' in executed(root).cells[3].source
+
+
+@pytest.mark.parametrize("variable", ["OMP_NUM_THREADS", "WMBOOK_THREADS"])
+def test_kernels_get_one_thread(variable):
+    assert pipeline.kernel_environment()[variable] == "1"

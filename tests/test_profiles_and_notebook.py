@@ -1,4 +1,5 @@
-"""wmbook.profiles (chapter budgets) and wmbook.notebook (Results, show_source)."""
+"""wmbook.chapters (one module per chapter, its budgets) and wmbook.notebook (setup, Results,
+show_source)."""
 
 import dataclasses
 import json
@@ -10,7 +11,7 @@ import torch
 
 from wmbook import notebook
 from wmbook.notebook import Results, show_source
-from wmbook.profiles import PROFILE_NAMES, PROFILES, describe, get_profile
+from wmbook.chapters import CHAPTER_MODULES, PROFILE_NAMES, chapter_module, describe, get_profile
 
 # -- profiles ---------------------------------------------------------------------------
 
@@ -18,7 +19,7 @@ from wmbook.profiles import PROFILE_NAMES, PROFILES, describe, get_profile
 def test_get_profile_known_chapter():
     full = get_profile("01_world_model", "full")
     ci = get_profile("01_world_model", "ci")
-    assert full is PROFILES["01_world_model"]["full"]
+    assert full is chapter_module("01_world_model").PROFILES["full"]
     assert full.check_headline and not ci.check_headline
     assert ci.model.train_steps < full.model.train_steps and ci.model.epochs <= full.model.epochs
 
@@ -36,16 +37,59 @@ def test_unknown_chapter_raises_key_error_naming_known_chapters():
         get_profile("99_missing", "full")
 
 
-@pytest.mark.parametrize("chapter", sorted(PROFILES))
+@pytest.mark.parametrize("chapter", sorted(CHAPTER_MODULES))
 def test_every_chapter_has_both_profiles_of_one_type(chapter):
-    assert set(PROFILES[chapter]) == set(PROFILE_NAMES) == {"full", "ci"}
-    full, ci = PROFILES[chapter]["full"], PROFILES[chapter]["ci"]
+    presets = chapter_module(chapter).PROFILES
+    assert set(presets) == set(PROFILE_NAMES) == {"full", "ci"}
+    full, ci = presets["full"], presets["ci"]
     assert type(full) is type(ci) and dataclasses.is_dataclass(full)
     with pytest.raises(dataclasses.FrozenInstanceError):
         full.epochs = 1  # budgets are read-only
     described = describe(ci)
     assert json.loads(json.dumps(described)) == described
     assert described == json.loads(json.dumps(dataclasses.asdict(ci)))
+
+
+def test_chapter_modules_are_named_after_their_notebooks():
+    for chapter, module in CHAPTER_MODULES.items():
+        number, name = chapter.split("_", 1)
+        assert module == f"wmbook.chapters.ch{number}_{name}"
+
+
+def test_model_recipe_takes_the_environment_sizes():
+    recipe = get_profile("01_world_model", "ci").model
+    config = recipe.model_config(obs_dim=6, n_actions=3)
+    assert (config.obs_dim, config.n_actions, config.hidden_size) == (6, 3, recipe.hidden_size)
+
+
+def test_the_device_choices_of_the_command_line_are_pick_devices():
+    from wmbook.__main__ import DEVICE_CHOICES
+    from wmbook.device import DEVICE_CHOICES as PICKED
+
+    assert DEVICE_CHOICES == PICKED
+
+
+# -- setup_chapter ------------------------------------------------------------------------
+
+
+def test_setup_chapter_seeds_threads_and_prints_the_budget(monkeypatch, capsys):
+    monkeypatch.setenv(notebook.THREADS_VARIABLE, "1")
+    config, device, results = notebook.setup_chapter("01_world_model", "ci", 5, "cpu")
+    first = torch.rand(3)
+    notebook.setup_chapter("01_world_model", "ci", 5, "cpu")
+    assert torch.equal(first, torch.rand(3))  # the same seed gives the same draws
+    assert config is get_profile("01_world_model", "ci") and device == torch.device("cpu")
+    assert torch.get_num_threads() == 1
+    assert results.meta["seed"] == 5 and results.meta["profile"] == "ci"
+    printed = capsys.readouterr().out
+    assert "profile        : ci, seed 5" in printed and "'train_steps': 4000" in printed
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1"])
+def test_setup_chapter_refuses_a_bad_thread_count(monkeypatch, value):
+    monkeypatch.setenv(notebook.THREADS_VARIABLE, value)
+    with pytest.raises(ValueError, match="WMBOOK_THREADS"):
+        notebook.setup_chapter("01_world_model", "ci", 0, "cpu")
 
 
 # -- Results ----------------------------------------------------------------------------

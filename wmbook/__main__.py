@@ -2,6 +2,8 @@
 
     python -m wmbook all --profile ci        # execute, validate and build the whole book
     python -m wmbook run --chapters 1        # execute Chapter 1 only (profile full)
+
+Only the chapters that run import torch: ``list`` and ``--help`` answer at once.
 """
 
 from __future__ import annotations
@@ -10,8 +12,10 @@ import argparse
 import sys
 import time
 
-from wmbook.device import DEVICE_CHOICES
-from wmbook.profiles import PROFILE_NAMES
+from wmbook.chapters import PROFILE_NAMES
+
+# the choices of wmbook.device.pick_device, repeated here so that parsing needs no torch
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -22,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in (("run", "execute chapters with papermill into _build/stage"),
                        ("validate", "re-execute the executed chapters with nbval"),
                        ("build", "build the HTML book from the validated chapters"),
-                       ("all", "run, validate and build")):
+                       ("all", "run and validate (skipping unchanged chapters), then build")):
         sub = commands.add_parser(name, help=text)
         if name in ("run", "validate", "all"):
             sub.add_argument("-c", "--chapters", nargs="+", metavar="CHAPTER",
@@ -33,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
             sub.add_argument("--seed", type=int, default=0, help="seed of every generator (default 0)")
             sub.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
             sub.add_argument("-v", "--verbose", action="store_true", help="stream cell outputs")
+        if name == "all":
+            sub.add_argument("--force", action="store_true",
+                             help="execute and validate even chapters whose inputs are unchanged")
     return parser
 
 
@@ -53,10 +60,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{chapter.number:>3}  {chapter.name:<28} {chapter.source}")
             return 0
         selected = pipeline.select(available, getattr(args, "chapters", None))
-        if args.command in ("run", "all"):
+        if args.command == "run":
             pipeline.run(root, selected, args.profile, args.seed, args.device, args.verbose)
-        if args.command in ("validate", "all"):
+        if args.command == "validate":
             pipeline.validate(root, selected)
+        if args.command == "all":
+            pipeline.run_and_validate(root, selected, args.profile, args.seed, args.device,
+                                      args.verbose, args.force)
         if args.command in ("build", "all"):
             pipeline.build(root)
     except pipeline.PipelineError as error:

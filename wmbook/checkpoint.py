@@ -13,8 +13,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-import torch
-
 CHECKPOINT_FORMAT = 1
 
 
@@ -49,6 +47,8 @@ def save_checkpoint(path: str | os.PathLike, kind: str, payload: dict[str, Any])
     ``kind`` names what the checkpoint holds (e.g. ``"DynamicsModel"``) so that loading it
     into something else fails with a clear message instead of a wall of missing keys.
     """
+    import torch  # here, so that the pipeline's use of atomic files does not load torch
+
     path = Path(path)
     with atomic_write(path, "wb") as handle:
         torch.save({"kind": kind, "format": CHECKPOINT_FORMAT, **payload}, handle)
@@ -57,6 +57,8 @@ def save_checkpoint(path: str | os.PathLike, kind: str, payload: dict[str, Any])
 
 def load_checkpoint(path: str | os.PathLike, kind: str, map_location: Any = "cpu") -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint` and check that it holds ``kind``."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")

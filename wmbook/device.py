@@ -101,38 +101,61 @@ def set_threads(n: int | None = None) -> int:
 
 
 def autocast(device: torch.device | str, enabled: bool = True):
-    """Mixed-precision context: bfloat16/float16 autocast on CUDA, a no-op elsewhere.
+    """Mixed-precision context for a forward pass and its loss on ``device``.
 
-    CPU autocast to bfloat16 is slower than float32 for the book's small networks and costs
-    precision, so it is never used.
+    Inside it, torch's autocast runs matrix products in :func:`amp_dtype` (bfloat16 or
+    float16) and keeps reductions and losses (``mse_loss``, ``smooth_l1_loss``, binary
+    cross-entropy) in float32; parameters, their gradients and the optimiser state stay float32
+    throughout. Where :func:`amp_dtype` is float32 (the CPU, MPS) or ``enabled`` is false it is
+    a no-op, so CPU results are bit for bit those of plain float32 code. CPU autocast to
+    bfloat16 is slower than float32 for the book's small networks and costs precision, so it
+    is never used.
     """
     device = torch.device(device)
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=amp_dtype(device))
-    return contextlib.nullcontext()
+    dtype = amp_dtype(device) if enabled else torch.float32
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def amp_dtype(device: torch.device | str) -> torch.dtype:
-    """The autocast dtype for ``device``: bfloat16 where the GPU supports it, else float16."""
+    """The dtype :func:`autocast` computes in on ``device``.
+
+    bfloat16 on a GPU with native bfloat16 (Ampere or newer): it has float32's range, so no
+    gradient scaling is needed. float16 on older GPUs, where bfloat16 would only be emulated
+    (slowly); float16's narrow range then needs :func:`grad_scaler`. float32, meaning no
+    autocast, everywhere else.
+    """
     device = torch.device(device)
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.float16
-    return torch.float32
+    if device.type != "cuda":
+        return torch.float32
+    # is_bf16_supported asks about the current GPU: make it the one asked for
+    with torch.cuda.device(device.index) if device.index is not None else contextlib.nullcontext():
+        native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.bfloat16 if native_bf16 else torch.float16
 
 
 def grad_scaler(device: torch.device | str, enabled: bool = True) -> torch.amp.GradScaler:
-    """A gradient scaler that is active only when autocast runs in float16 on CUDA."""
+    """A gradient scaler, active only when :func:`autocast` runs in float16.
+
+    Small float16 gradients underflow to zero, so the loss is multiplied by a large factor
+    before ``backward`` and the gradients divided by it again (``unscale_``) before clipping
+    and the optimiser step; a step whose gradients overflowed is skipped and the factor
+    lowered. Inactive, every method passes through (``scale`` returns the loss unchanged,
+    ``step`` calls ``optimizer.step()``), so one training loop serves every device.
+    """
     device = torch.device(device)
-    active = enabled and device.type == "cuda" and amp_dtype(device) == torch.float16
+    active = enabled and amp_dtype(device) == torch.float16
     return torch.amp.GradScaler("cuda" if device.type == "cuda" else "cpu", enabled=active)
 
 
 def to_device(batch: Any, device: torch.device | str) -> Any:
     """Move a tensor, array, or a (nested) dict/list/tuple of them to ``device``.
 
-    NumPy arrays become tensors. On CUDA, host tensors are pinned and copied without blocking.
+    NumPy arrays become tensors. For a CUDA target, host tensors are first copied to pinned
+    (page-locked) memory, from which the GPU copies them without blocking the host: work queued
+    after the copy on the same stream sees the data, so nothing else is needed for
+    correctness. Every other move is an ordinary blocking ``.to(device)``.
     """
     device = torch.device(device)
     if isinstance(batch, torch.Tensor):

@@ -1,11 +1,13 @@
-"""Helpers for the chapter notebooks: show real source, glue results, stamp the environment."""
+"""Helpers for the chapter notebooks: one setup call, show real source, glue results, stamp the
+environment."""
 
 from __future__ import annotations
 
 import inspect
+import os
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
@@ -13,7 +15,9 @@ import numpy as np
 from IPython.display import Markdown, display
 
 from wmbook.checkpoint import write_json
-from wmbook.device import environment_stamp, format_stamp
+from wmbook.device import environment_stamp, format_stamp, pick_device, seed_everything, set_threads
+
+THREADS_VARIABLE = "WMBOOK_THREADS"  # set by the pipeline, which may run chapters side by side
 
 
 def show_source(obj: Any, start: str | None = None, stop: str | None = None) -> None:
@@ -104,3 +108,55 @@ def interactive_figure(draw, **controls: widgets.ValueWidget) -> None:
 
     for control in controls.values():
         control.observe(redraw, names="value")
+
+
+class ChapterSetup(NamedTuple):
+    """What :func:`setup_chapter` hands a chapter: its budget, its device and its results."""
+
+    config: Any
+    device: Any  # torch.device
+    results: Results
+
+
+def setup_chapter(chapter: str, profile: str, seed: int, device: str = "auto",
+                  threads: int | None = None) -> ChapterSetup:
+    """The first code cell of every chapter, written once.
+
+    Reads the chapter's budget for ``profile``, picks the device, fixes torch's thread count
+    (``threads``; else the ``WMBOOK_THREADS`` environment variable, which the pipeline sets to 1
+    because it runs chapters side by side; else :func:`~wmbook.device.set_threads`'s default),
+    seeds every generator, switches figures to PNG in the book's style, and prints the
+    environment stamp and the budget::
+
+        config, device, results = setup_chapter("01_world_model", profile, seed, device)
+    """
+    from wmbook.chapters import describe, get_profile
+    from wmbook.plotting import use_book_style
+
+    config = get_profile(chapter, profile)
+    device = pick_device(device)
+    if threads is None and os.environ.get(THREADS_VARIABLE):
+        value = os.environ[THREADS_VARIABLE]
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"{THREADS_VARIABLE} must be a positive integer, got {value!r}")
+        threads = int(value)
+    set_threads(threads)
+    seed_everything(seed)
+    use_book_style()
+    _png_figures()
+    results = Results(chapter, profile, seed, device)
+    print_stamp(device)
+    print(f"profile        : {profile}, seed {seed}")
+    print(describe(config))
+    return ChapterSetup(config, device, results)
+
+
+def _png_figures() -> None:
+    """Inline figures as PNG only: SVG output carries a date, so it would differ between runs."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None:
+        shell.run_line_magic("config", "InlineBackend.figure_formats = ['png']")

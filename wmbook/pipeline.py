@@ -3,9 +3,16 @@ HTML with Jupyter Book 1.
 
 Sources in ``book/`` hold no outputs. ``run`` copies the book's static files into a staging
 tree (``_build/stage``) and executes each chapter there, so the executed copies sit where
-Jupyter Book expects them; ``validate`` re-executes those copies with nbval and records a hash
-of each notebook that reproduced its outputs; ``build`` renders the staging tree, refusing any
-notebook that was not validated in its current form.
+Jupyter Book expects them; ``validate`` re-executes those copies with nbval (figures included)
+and records a hash of each notebook that reproduced its outputs; ``build`` renders the staging
+tree, refusing any notebook that was not validated in its current form, and any mix of profiles
+or seeds.
+
+``all`` validates chapter N while chapter N+1 executes, and skips a chapter whose inputs (its
+source, the package's source, the profile, the seed, the device and the locked versions) have not
+changed since it was last executed and validated: the execution cache is a small record of a hash
+of those inputs (``_build/stage/.cache.json``), simpler to reason about than jupyter-cache, which
+caches per notebook source only and knows nothing of the package the chapters import.
 """
 
 from __future__ import annotations
@@ -24,11 +31,16 @@ from pathlib import Path
 
 import yaml
 
-from wmbook.checkpoint import write_json
+from wmbook import assets
+from wmbook.checkpoint import atomic_write, write_json
 
 STAGE = Path("_build") / "stage"
 VALIDATED = ".validated.json"
+CACHE = ".cache.json"
 SANITIZE_FILE = Path(__file__).with_name("nbval_sanitize.cfg")
+LOCK_FILE = "constraints.txt"
+# the line of each chapter's install cell that names the version of wmbook to install
+REF_LINE = re.compile(r'^WMBOOK_REF = "[^"]*"', re.M)
 STATIC_PATTERNS = ("*.md", "*.bib", "*.png", "*.jpg", "*.svg")
 
 
@@ -119,10 +131,16 @@ def stage_static(root: Path, stage: Path) -> None:
 
 
 def kernel_environment() -> dict[str, str]:
-    """Environment for chapter kernels: fixed hashing, no display, inline plots."""
+    """Environment for chapter kernels: fixed hashing, no display, inline plots, one thread.
+
+    One thread per process: the pipeline runs a validation beside an execution, and two torch
+    processes that each spin several threads on two cores run several times slower than the
+    same work one after the other.
+    """
     env = dict(os.environ)
     env.pop("MPLBACKEND", None)  # let the kernel use its inline backend
-    env.update({"PYTHONHASHSEED": "0", "SDL_VIDEODRIVER": "dummy"})
+    env.update({"PYTHONHASHSEED": "0", "SDL_VIDEODRIVER": "dummy", "OMP_NUM_THREADS": "1",
+                "MKL_NUM_THREADS": "1", "WMBOOK_THREADS": "1"})
     return env
 
 
@@ -146,6 +164,48 @@ class ChapterRun:
     seconds: float
     ok: bool
     error: str = ""
+    cached: bool = False
+
+
+# -- provenance: which commit produced a page -----------------------------------------------
+
+
+def source_commit(root: Path) -> str | None:
+    """The git commit of the book at ``root``, or None outside a git checkout."""
+    try:
+        completed = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                                   text=True, check=False)
+    except OSError:  # no git at all
+        return None
+    commit = completed.stdout.strip()
+    return commit if completed.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", commit) else None
+
+
+def pinned_source(path: Path, commit: str | None):
+    """The chapter at ``path`` with its install cell pinned to ``commit``, so that a reader who
+    copies that cell installs the version of ``wmbook`` that produced the page."""
+    import nbformat
+
+    notebook = nbformat.read(path, as_version=4)
+    if commit:
+        for cell in notebook.cells:
+            if cell.cell_type == "code" and REF_LINE.search(cell.source):
+                cell.source = REF_LINE.sub(f'WMBOOK_REF = "{commit}"', cell.source, count=1)
+    return notebook
+
+
+def hide_injected_parameters(path: Path) -> None:
+    """Tag the cell papermill injects (the run's parameters) ``remove-cell``, so that the page
+    shows the parameters cell once."""
+    import nbformat
+
+    notebook = nbformat.read(path, as_version=4)
+    for cell in notebook.cells:
+        tags = cell.metadata.get("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            tags.append("remove-cell")
+    with atomic_write(path, "w") as handle:
+        nbformat.write(notebook, handle)
 
 
 def run_chapter(root: Path, chapter: Chapter, stage: Path, profile: str, seed: int, device: str,
@@ -160,7 +220,7 @@ def run_chapter(root: Path, chapter: Chapter, stage: Path, profile: str, seed: i
     try:
         with _environment(kernel_environment()):
             papermill.execute_notebook(
-                str(root / chapter.source), str(output),
+                pinned_source(root / chapter.source, source_commit(root)), str(output),
                 parameters={"profile": profile, "seed": seed, "device": device},
                 cwd=str(output.parent), kernel_name="python3", progress_bar=False, log_output=verbose,
                 # the kernel's own start-up notices are noise here; cell errors still surface
@@ -172,7 +232,63 @@ def run_chapter(root: Path, chapter: Chapter, stage: Path, profile: str, seed: i
                    f"{error.exec_count}, starting `{first_line.strip()}`): {error.ename}: "
                    f"{error.evalue}\n  partial output kept at {output}")
         return ChapterRun(chapter.name, profile, time.perf_counter() - started, False, message)
+    hide_injected_parameters(output)
     return ChapterRun(chapter.name, profile, time.perf_counter() - started, True)
+
+
+def _read_record(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _report(stage: Path, runs: list[ChapterRun]) -> None:
+    report = stage / "run_report.json"
+    previous = _read_record(report)
+    previous.update({r.chapter: vars(r) for r in runs})
+    write_json(report, previous)
+
+
+# -- the execution cache ----------------------------------------------------------------------
+
+
+def _package_files() -> list[Path]:
+    package = Path(__file__).resolve().parent
+    return sorted(p for p in package.rglob("*") if p.suffix in (".py", ".cfg") and "__pycache__" not in p.parts)
+
+
+def cache_key(root: Path, chapter: Chapter, profile: str, seed: int, device: str) -> str:
+    """A hash of everything a chapter's executed copy depends on: its source, every source file
+    of the package, the run's parameters, the locked versions and the Python version."""
+    digest = hashlib.sha256()
+    package = Path(__file__).resolve().parent
+    lock = root / LOCK_FILE
+    inputs = [("source", (root / chapter.source).read_bytes()),
+              ("lock", lock.read_bytes() if lock.is_file() else b""),
+              ("run", json.dumps([profile, seed, device, sys.version]).encode())]
+    inputs += [(str(p.relative_to(package)), p.read_bytes()) for p in _package_files()]
+    for name, data in inputs:
+        digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+    return digest.hexdigest()
+
+
+def is_cached(root: Path, chapter: Chapter, key: str) -> bool:
+    """Whether ``chapter`` was executed and validated with inputs hashing to ``key`` and its
+    executed copy is still the one that was validated."""
+    stage = root / STAGE
+    executed = stage / chapter.source
+    entry = _read_record(stage / CACHE).get(str(chapter.source), {})
+    validated = _read_record(stage / VALIDATED).get(str(chapter.source))
+    return (entry.get("key") == key and executed.is_file() and validated is not None
+            and validated == entry.get("digest") == _digest(executed))
+
+
+def _remember(root: Path, chapter: Chapter, key: str) -> None:
+    path = root / STAGE / CACHE
+    record = _read_record(path)
+    record[str(chapter.source)] = {"key": key, "digest": _digest(root / STAGE / chapter.source)}
+    write_json(path, record)
+
+
+# -- run, validate, build -----------------------------------------------------------------------
 
 
 def run(root: Path, selected: list[Chapter], profile: str, seed: int, device: str,
@@ -186,10 +302,7 @@ def run(root: Path, selected: list[Chapter], profile: str, seed: int, device: st
         result = run_chapter(root, chapter, stage, profile, seed, device, verbose)
         runs.append(result)
         log(f"         {'ok' if result.ok else 'FAILED'} in {result.seconds:.1f} s")
-    report = stage / "run_report.json"
-    previous = json.loads(report.read_text()) if report.is_file() else {}
-    previous.update({r.chapter: vars(r) for r in runs})
-    write_json(report, previous)
+    _report(stage, runs)
     failures = [r.error for r in runs if not r.ok]
     if failures:
         raise PipelineError("\n".join(failures))
@@ -200,41 +313,140 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+class _Validation:
+    """nbval re-executing one executed chapter in a subprocess; its output goes to a log file."""
+
+    def __init__(self, root: Path, chapter: Chapter):
+        self.root, self.chapter = root, chapter
+        stage = root / STAGE
+        notebook = stage / chapter.source
+        if not notebook.is_file():
+            raise PipelineError(f"not executed yet (run `python -m wmbook run` first): {notebook}")
+        self.log_path = stage / chapter.source.with_suffix(".nbval.log")
+        command = [sys.executable, "-m", "pytest", "--nbval", "--nbval-current-env",
+                   "--nbval-sanitize-with", str(SANITIZE_FILE), "-p", "wmbook.nbval_figures",
+                   "-p", "no:cacheprovider", "-o", "addopts=", "--rootdir", str(stage), "-q",
+                   str(notebook)]
+        self.digest = _digest(notebook)  # what is being validated
+        self.started = time.perf_counter()
+        self._log = open(self.log_path, "w")
+        self.process = subprocess.Popen(command, cwd=stage, env=kernel_environment(),
+                                        stdout=self._log, stderr=subprocess.STDOUT)
+
+    def finish(self, log=print) -> float:
+        """Wait for nbval; record the validated copy, or raise with nbval's report."""
+        code = self.process.wait()
+        self._log.close()
+        seconds = time.perf_counter() - self.started
+        name = self.chapter.name
+        if code != 0:
+            report = self.log_path.read_text()
+            raise PipelineError(f"nbval: {name} did not reproduce its outputs (full report in "
+                                f"{self.log_path}):\n{report[-6000:]}")
+        path = self.root / STAGE / VALIDATED
+        record = _read_record(path)
+        record[str(self.chapter.source)] = self.digest
+        write_json(path, record)
+        log(f"validate {name}: reproduced in {seconds:.1f} s")
+        return seconds
+
+
 def validate(root: Path, selected: list[Chapter], log=print) -> None:
-    """Re-execute the executed copies with nbval; they must reproduce their own outputs."""
+    """Re-execute the executed copies with nbval; they must reproduce their own outputs,
+    figures included."""
+    for chapter in selected:
+        log(f"validate {chapter.name} with nbval ...")
+        _Validation(root, chapter).finish(log)
+
+
+def run_and_validate(root: Path, selected: list[Chapter], profile: str, seed: int, device: str,
+                     verbose: bool = False, force: bool = False, log=print) -> list[ChapterRun]:
+    """Execute and validate ``selected``, validating chapter N while chapter N+1 executes.
+
+    A chapter whose inputs are unchanged since it was last executed and validated (see
+    :func:`cache_key`) is skipped, unless ``force``.
+    """
     stage = root / STAGE
-    notebooks = [stage / c.source for c in selected]
-    missing = [str(n) for n in notebooks if not n.is_file()]
-    if missing:
-        raise PipelineError(f"not executed yet (run `python -m wmbook run` first): {', '.join(missing)}")
-    log(f"validate {', '.join(c.name for c in selected)} with nbval ...")
-    started = time.perf_counter()
-    command = [sys.executable, "-m", "pytest", "--nbval", "--nbval-current-env",
-               "--nbval-sanitize-with", str(SANITIZE_FILE), "-p", "no:cacheprovider",
-               "-o", "addopts=", "--rootdir", str(stage), "-q", *map(str, notebooks)]
-    completed = subprocess.run(command, cwd=stage, env=kernel_environment())
-    if completed.returncode != 0:
-        raise PipelineError("nbval: the re-executed chapters did not reproduce their outputs "
-                            "(see the cell diffs above)")
-    record_path = stage / VALIDATED
-    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
-    record.update({str(c.source): _digest(stage / c.source) for c in selected})
-    write_json(record_path, record)
-    log(f"         ok in {time.perf_counter() - started:.1f} s")
+    stage_static(root, stage)
+    runs, pending = [], None
+    try:
+        for chapter in selected:
+            key = cache_key(root, chapter, profile, seed, device)
+            if not force and is_cached(root, chapter, key):
+                log(f"cached   {chapter.name}: unchanged since it was executed and validated")
+                runs.append(ChapterRun(chapter.name, profile, 0.0, True, cached=True))
+                continue
+            log(f"run      {chapter.name} (profile {profile}, seed {seed}) ...")
+            result = run_chapter(root, chapter, stage, profile, seed, device, verbose)
+            runs.append(result)
+            log(f"         {'ok' if result.ok else 'FAILED'} in {result.seconds:.1f} s")
+            if not result.ok:
+                raise PipelineError(result.error)
+            if pending is not None:  # at most one validation beside one execution
+                pending[0].finish(log)
+                _remember(root, pending[0].chapter, pending[1])
+            pending = (_Validation(root, chapter), key)
+        if pending is not None:
+            pending[0].finish(log)
+            _remember(root, pending[0].chapter, pending[1])
+            pending = None
+    finally:
+        if pending is not None and pending[0].process.poll() is None:
+            pending[0].process.kill()
+        _report(stage, runs)
+    return runs
+
+
+def run_parameters(root: Path, selected: list[Chapter]) -> dict[str, dict]:
+    """The parameters (profile, seed, device) papermill injected into each executed copy."""
+    import nbformat
+
+    found = {}
+    for chapter in selected:
+        notebook = nbformat.read(root / STAGE / chapter.source, as_version=4)
+        found[chapter.name] = dict(notebook.metadata.get("papermill", {}).get("parameters", {}))
+    return found
+
+
+def check_one_run(root: Path, selected: list[Chapter]) -> None:
+    """Refuse a book whose chapters were executed with different profiles or seeds."""
+    parameters = run_parameters(root, selected)
+    kinds = {(p.get("profile"), p.get("seed")) for p in parameters.values()}
+    if len(kinds) > 1:
+        listing = "; ".join(f"{name}: profile {p.get('profile')}, seed {p.get('seed')}"
+                            for name, p in parameters.items())
+        raise PipelineError("the chapters were executed with different profiles or seeds "
+                            f"({listing}); run them all again with one profile and one seed, "
+                            "e.g. `python -m wmbook all --profile full --seed 0`")
+
+
+def stage_config(root: Path, stage: Path, commit: str | None) -> None:
+    """Point the staged book's launch buttons at ``commit``, the version that produced it."""
+    if not commit:
+        return
+    config_path = stage / "_config.yml"
+    config = yaml.safe_load(config_path.read_text())
+    config.setdefault("repository", {})["branch"] = commit
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
 def build(root: Path, log=print) -> Path:
     """Render the staged, validated chapters into ``_build/html`` (warnings are errors)."""
     stage = root / STAGE
     all_chapters = chapters(root)
-    record_path = stage / VALIDATED
-    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    record = _read_record(stage / VALIDATED)
     stale = [c.name for c in all_chapters
              if not (stage / c.source).is_file() or record.get(str(c.source)) != _digest(stage / c.source)]
     if stale:
         raise PipelineError(f"not executed and validated in their current form: {', '.join(stale)}; "
                             "run `python -m wmbook run` and `python -m wmbook validate` first")
+    check_one_run(root, all_chapters)
     stage_static(root, stage)  # text pages may have changed since the run
+    stage_config(root, stage, source_commit(root))
+    try:
+        assets.stage_mathjax(root, stage)  # served with the pages, so equations render offline
+    except assets.AssetError as error:
+        raise PipelineError(str(error)) from None
     jupyter_book = Path(sys.executable).with_name("jupyter-book")
     executable = str(jupyter_book) if jupyter_book.exists() else shutil.which("jupyter-book")
     if executable is None:

@@ -1,12 +1,15 @@
 """Imagined rollouts of a learned model, and the same rollouts replayed in the real environment.
 
-``imagine`` advances many start states at once through a :class:`~wmbook.models.DynamicsModel`
-(one batched forward pass per step). ``replay_real`` plays the same action sequences from the
-same start states in CartPole, so that the two can be compared step by step.
+``imagine`` advances many start states at once through any model that meets the
+:class:`~wmbook.models.base.WorldModel` interface (one batched ``imagine_step`` per step); the
+MLP models of Chapters 1-3 meet it directly, and any object with a ``predict(obs, action)``
+method is adapted. ``replay_real`` plays the same action sequences from the same start states
+in CartPole, so that the two can be compared step by step.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -15,16 +18,21 @@ import numpy as np
 import torch
 
 from wmbook.envs import set_cartpole_state
+from wmbook.models.base import Latent, as_world_model, latent_stack, latent_to, model_device
 
 
 @dataclass
 class Rollout:
     """A batch of ``B`` trajectories of ``H`` steps.
 
-    Shapes: ``states`` ``(B, H + 1, obs_dim)`` (``states[:, 0]`` is the start), ``actions``
-    ``(B, H)``, ``rewards`` and ``done_probs`` ``(B, H)``, ``alive`` ``(B, H)`` bool: step ``t``
-    belongs to the trajectory (no termination happened before it); ``disagreement``
-    ``(B, H)`` for ensembles, else ``None``.
+    Shapes: ``states`` ``(B, H + 1, F)``, the model's features at each step (``states[:, 0]``
+    is the start; for the MLP models of Chapters 1-3 the features are the state itself, so
+    ``F = obs_dim``); ``actions`` ``(B, H, ...)`` (``(B, H)`` for discrete actions);
+    ``rewards`` and ``done_probs`` ``(B, H)``; ``alive`` ``(B, H)`` bool: step ``t`` belongs to
+    the trajectory (no termination happened before it); ``disagreement`` ``(B, H)`` for
+    ensembles, else ``None``; ``latents`` the latent at each step, every tensor
+    ``(B, H + 1, ...)`` (the same tensor as ``states`` when features are the latent);
+    ``continuations`` ``(B, H)`` the probabilities of not terminating.
     """
 
     states: torch.Tensor
@@ -33,56 +41,112 @@ class Rollout:
     done_probs: torch.Tensor
     alive: torch.Tensor
     disagreement: torch.Tensor | None = None
+    latents: Latent = None
+    continuations: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if self.latents is None:
+            self.latents = self.states
+        if self.continuations is None:
+            self.continuations = 1 - self.done_probs
 
     @property
     def horizon(self) -> int:
         return self.actions.shape[1]
 
+    @property
+    def features(self) -> torch.Tensor:
+        """``states`` under the name later chapters use: ``(B, H + 1, F)``."""
+        return self.states
 
-@torch.no_grad()
+
 def imagine(
     model,
-    start_states: torch.Tensor,
+    start_states: torch.Tensor | None,
     horizon: int,
     actions: torch.Tensor | None = None,
     policy: Callable[[torch.Tensor], torch.Tensor] | None = None,
     done_threshold: float = 0.5,
+    *,
+    start_latent: Latent = None,
+    grad: bool = False,
 ) -> Rollout:
-    """Roll ``model`` forward from ``start_states`` (``(B, obs_dim)``) for ``horizon`` steps.
+    """Roll ``model`` forward for ``horizon`` steps from a batch of ``B`` starts.
 
-    Give either ``actions`` (``(B, horizon)`` integer, open loop) or ``policy`` (a function
-    from ``(B, obs_dim)`` states to ``(B,)`` actions, closed loop). A trajectory stops being
-    ``alive`` after the first step whose predicted termination probability exceeds
-    ``done_threshold``; later steps are still computed but masked.
+    Start from real observations ``start_states`` ``(B, ...)``, each filtered into a fresh
+    latent (``observe`` with ``is_first`` true), or from latents ``start_latent`` (e.g. the
+    posteriors of a replayed sequence; pass ``start_states=None``).
+
+    Give either ``actions`` (``(B, horizon, ...)``, open loop; ``(B, horizon)`` integers for
+    discrete actions) or ``policy`` (a function from features ``(B, F)`` to actions
+    ``(B, ...)``, closed loop). A trajectory stops being ``alive`` after the first step whose
+    predicted termination probability exceeds ``done_threshold``; later steps are still
+    computed but masked (a soft alternative: weigh step ``t`` by the product of
+    ``continuations`` before it).
+
+    By default the rollout runs under ``torch.no_grad()``. With ``grad=True`` gradients flow
+    through the model and the policy into every returned tensor, so that an actor can be
+    trained by backpropagating imagined returns (Dreamer); detach the start latents first
+    (:func:`~wmbook.models.base.latent_detach`) unless the model should learn from that loss too.
     """
     if horizon < 1:
         raise ValueError(f"horizon must be at least 1 step, got {horizon}")
     if (actions is None) == (policy is None):
         raise ValueError("give exactly one of `actions` (open loop) or `policy` (closed loop)")
-    if start_states.ndim != 2:
+    if (start_states is None) == (start_latent is None):
+        raise ValueError("give exactly one of `start_states` (observations) or `start_latent`")
+    if start_states is not None and start_states.ndim < 2:
         raise ValueError(f"start_states must have shape (B, obs_dim), got {tuple(start_states.shape)}")
-    batch = start_states.shape[0]
-    if actions is not None and actions.shape != (batch, horizon):
-        raise ValueError(f"actions must have shape ({batch}, {horizon}), got {tuple(actions.shape)}")
-    device = next(model.parameters()).device
-    state = start_states.to(device, torch.float32)
-    states, taken, rewards, done_probs, disagreement = [state], [], [], [], []
+    world = as_world_model(model, obs_dim=None if start_states is None else start_states.shape[-1])
+    with contextlib.nullcontext() if grad else torch.no_grad():
+        return _imagine(world, start_states, start_latent, horizon, actions, policy, done_threshold)
+
+
+def _imagine(world, start_states, start_latent, horizon, actions, policy, done_threshold) -> Rollout:
+    device = model_device(world)
+    if start_latent is None:
+        obs = start_states.to(device)
+        if obs.is_floating_point():  # integer observations (e.g. pixels) keep their dtype
+            obs = obs.to(torch.float32)
+        batch = obs.shape[0]
+        is_first = torch.ones(batch, dtype=torch.bool, device=device)
+        latent = world.observe(world.initial_state(batch, device), None, obs, is_first)
+    else:
+        latent = latent_to(start_latent, device)
+        batch = None
+    features = world.features(latent)
+    batch = features.shape[0] if batch is None else batch
+    if actions is not None:
+        expected = getattr(world, "action_shape", None)
+        if (actions.shape[:2] != (batch, horizon)
+                or (expected is not None and actions.shape[2:] != tuple(expected))):
+            wanted = (batch, horizon, *expected) if expected is not None else f"({batch}, {horizon}, ...)"
+            raise ValueError(f"actions must have shape {wanted}, got {tuple(actions.shape)}")
+    latents, states, taken, rewards, done_probs, continuations, disagreement = (
+        [latent], [features], [], [], [], [], [])
     for t in range(horizon):
-        action = actions[:, t].to(device) if actions is not None else policy(state)
-        prediction = model.predict(state, action)
-        state = prediction.next_obs
-        states.append(state)
+        action = actions[:, t].to(device) if actions is not None else policy(features)
+        step = world.imagine_step(latent, action)
+        latent = step.latent
+        features = world.features(latent)
+        latents.append(latent)
+        states.append(features)
         taken.append(action)
-        rewards.append(prediction.reward)
-        done_probs.append(prediction.done_prob)
-        disagreement.append(prediction.disagreement)
+        rewards.append(step.reward)
+        done_probs.append(step.done_prob)
+        continuations.append(step.continuation)
+        disagreement.append(step.disagreement)
     done_probs_t = torch.stack(done_probs, 1)
     ended = (done_probs_t > done_threshold).long()
     # alive[t]: no predicted termination at any step before t
     alive = torch.cumsum(ended, 1) - ended == 0
     spread = torch.stack(disagreement, 1) if disagreement[0] is not None else None
-    return Rollout(torch.stack(states, 1), torch.stack(taken, 1), torch.stack(rewards, 1),
-                   done_probs_t, alive, spread)
+    states_t = torch.stack(states, 1)
+    # features that are the latent itself need not be stored twice
+    same = all(f is l for f, l in zip(states, latents))
+    return Rollout(states_t, torch.stack(taken, 1), torch.stack(rewards, 1), done_probs_t, alive,
+                   spread, states_t if same else latent_stack(latents, 1),
+                   torch.stack(continuations, 1))
 
 
 @dataclass

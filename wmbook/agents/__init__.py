@@ -3,7 +3,6 @@
 from wmbook.agents.dqn import (
     DQNAgent, DQNConfig, DQNResult, evaluate_greedy, evaluation_seed, train_dqn)
 from wmbook.agents.dyna import DynaConfig, DynaPlanner, imagined_transitions, train_dyna_dqn
-from wmbook.agents.experiments import RunRecord, RunSpec, run_all, run_one
 
 __all__ = [
     "DQNAgent",
@@ -13,11 +12,7 @@ __all__ = [
     "DynaPlanner",
     "evaluate_greedy",
     "evaluation_seed",
-    "RunRecord",
-    "RunSpec",
     "imagined_transitions",
-    "run_all",
-    "run_one",
     "train_dqn",
     "train_dyna_dqn",
 ]

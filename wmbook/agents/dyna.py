@@ -15,6 +15,7 @@ import torch
 
 from wmbook.agents.dqn import DQNAgent, DQNConfig, DQNResult, epsilon_at, train_dqn
 from wmbook.buffers import ReplayBuffer, Transitions
+from wmbook.device import to_device
 from wmbook.envs import make_env
 from wmbook.models.dynamics import DynamicsConfig, DynamicsModel, TrainConfig, train_dynamics
 from wmbook.rollout import imagine
@@ -22,7 +23,12 @@ from wmbook.rollout import imagine
 
 @dataclass
 class DynaConfig:
-    """The imagined half of Dyna-DQN."""
+    """The imagined half of Dyna-DQN.
+
+    ``model_mixed_precision`` becomes ``mixed_precision`` of the world model's
+    :class:`~wmbook.models.dynamics.TrainConfig`: on CUDA its refits train under autocast.
+    Imagined rollouts and every DQN update stay float32.
+    """
 
     imagined_updates: int = 5      # K: DQN updates on imagined minibatches per real step
     rollout_length: int = 1        # h: model steps per branch from a real state
@@ -33,6 +39,7 @@ class DynaConfig:
     model_batch_size: int = 256
     model_lr: float = 1e-3
     done_threshold: float = 0.5    # imagined termination: done_prob above this
+    model_mixed_precision: bool = True
 
 
 def imagined_transitions(model: DynamicsModel, buffer: ReplayBuffer, policy, n_branches: int,
@@ -45,6 +52,9 @@ def imagined_transitions(model: DynamicsModel, buffer: ReplayBuffer, policy, n_b
     termination (``done_prob > done_threshold``). ``terminated`` holds the model's termination
     *probability*, so that a DQN update makes the expected backup
     ``r + gamma * (1 - p) * max Q(s')`` rather than trusting a hard call the model may get wrong.
+
+    The rollout runs in float32, never under autocast: its errors compound from step to step
+    and its states become the inputs and targets of DQN updates.
     """
     starts = buffer.sample(n_branches, device).obs
     rollout = imagine(model, starts, rollout_length, policy=policy, done_threshold=done_threshold)
@@ -76,13 +86,15 @@ class DynaPlanner:
         """Fit the model to every real transition so far; 10% are held out to keep the best weights."""
         config = self.config
         data = buffer.all(self.device)
-        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(step)).to(self.device)
+        order = to_device(torch.randperm(len(data), generator=torch.Generator().manual_seed(step)),
+                          self.device)
         n_val = max(1, len(data) // 10)
         steps_per_epoch = max(1, (len(data) - n_val) // config.model_batch_size)
         epochs = -(-config.model_updates // steps_per_epoch)  # ceil: at least model_updates steps
         train_dynamics(self.model, data.index(order[n_val:]), data.index(order[:n_val]),
                        TrainConfig(epochs=epochs, batch_size=config.model_batch_size,
-                                   lr=config.model_lr, patience=epochs, seed=step),
+                                   lr=config.model_lr, patience=epochs, seed=step,
+                                   mixed_precision=config.model_mixed_precision),
                        device=self.device, progress=False)
         self.refits += 1
 

@@ -1,5 +1,23 @@
 """The book's models."""
 
+from wmbook.models.base import (
+    DecodingWorldModel,
+    Latent,
+    MarkovWorldModel,
+    PredictAdapter,
+    Step,
+    WorldModel,
+    as_world_model,
+    latent_batch_size,
+    latent_cat,
+    latent_detach,
+    latent_index,
+    latent_map,
+    latent_stack,
+    latent_to,
+    latent_where,
+    reset_first,
+)
 from wmbook.models.dynamics import (
     DynamicsConfig,
     DynamicsEvaluation,
@@ -15,17 +33,33 @@ from wmbook.models.ensemble import DynamicsEnsemble, train_ensemble
 from wmbook.models.layers import Normalizer, mlp
 
 __all__ = [
+    "DecodingWorldModel",
     "DynamicsConfig",
     "DynamicsEnsemble",
     "DynamicsEvaluation",
     "DynamicsModel",
+    "Latent",
+    "MarkovWorldModel",
     "Normalizer",
+    "PredictAdapter",
     "Prediction",
+    "Step",
     "TrainConfig",
     "TrainHistory",
+    "WorldModel",
+    "as_world_model",
     "evaluate_dynamics",
+    "latent_batch_size",
+    "latent_cat",
+    "latent_detach",
+    "latent_index",
+    "latent_map",
+    "latent_stack",
+    "latent_to",
+    "latent_where",
     "mlp",
     "multistep_loss",
+    "reset_first",
     "train_dynamics",
     "train_ensemble",
 ]

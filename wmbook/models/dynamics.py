@@ -30,6 +30,8 @@ from tqdm.auto import tqdm
 
 from wmbook.buffers import Transitions
 from wmbook.checkpoint import load_checkpoint, save_checkpoint
+from wmbook.device import autocast, grad_scaler, to_device
+from wmbook.models.base import MarkovWorldModel
 from wmbook.models.layers import Normalizer, mlp
 
 LOSS_COMPONENTS = ("next_state", "reward", "done")
@@ -58,8 +60,13 @@ class Prediction(NamedTuple):
     disagreement: torch.Tensor | None = None
 
 
-class DynamicsModel(nn.Module):
-    """MLP world model with next-state, reward and done heads on a shared trunk."""
+class DynamicsModel(MarkovWorldModel, nn.Module):
+    """MLP world model with next-state, reward and done heads on a shared trunk.
+
+    It meets the :class:`~wmbook.models.base.WorldModel` interface through
+    :class:`~wmbook.models.base.MarkovWorldModel`: its latent is the state, and
+    ``imagine_step`` is one :meth:`predict`.
+    """
 
     def __init__(self, config: DynamicsConfig | None = None):
         super().__init__()
@@ -205,6 +212,11 @@ class TrainConfig:
     The learning rate follows a one-cycle schedule peaking at ``lr``; training stops early
     once the validation loss has not improved for ``patience`` epochs, and the best weights
     are restored.
+
+    ``mixed_precision``: on CUDA, run each training step's forward pass and loss under
+    :func:`~wmbook.device.autocast` (bfloat16 where the GPU has it natively, otherwise
+    float16 with a gradient scaler). Weights, optimiser state, normalisation statistics, the
+    losses and every validation pass stay float32. It changes nothing on the CPU or MPS.
     """
 
     epochs: int = 40
@@ -214,6 +226,7 @@ class TrainConfig:
     patience: int = 8
     grad_clip: float = 10.0
     seed: int = 0
+    mixed_precision: bool = True
 
 
 @dataclass
@@ -253,6 +266,11 @@ def check_transitions(data: Transitions, config: DynamicsConfig, name: str) -> N
 
 @torch.no_grad()
 def _mean_losses(model: DynamicsModel, data: Transitions, batch_size: int = 8192) -> dict[str, float]:
+    """Mean loss (``total`` and each component) over ``data`` (on the model's device).
+
+    Always float32, never under autocast: this is the validation score that picks the best
+    epoch, and one pass per epoch costs little next to training.
+    """
     sums = dict.fromkeys(("total", *LOSS_COMPONENTS), 0.0)
     for start in range(0, len(data), batch_size):
         batch = data.index(slice(start, start + batch_size))
@@ -278,9 +296,12 @@ def train_dynamics(
     trained with :func:`multistep_loss`.
 
     With ``checkpoint_path``, the full training state (weights, optimiser, schedule, shuffling
-    generator, history) is written atomically after every epoch, and a later call with the same
-    path resumes where the last completed epoch left off, giving the same result as an
-    uninterrupted run.
+    generator, gradient scaler, history) is written atomically after every epoch, and a later
+    call with the same path resumes where the last completed epoch left off, giving the same
+    result as an uninterrupted run.
+
+    On ``device`` the data sets are copied once, through pinned memory on CUDA; see
+    :class:`TrainConfig` for ``mixed_precision``.
 
     Returns the :class:`TrainHistory`; ``model`` ends with the weights that scored best on
     ``val``: those of the best epoch, or the starting weights if no epoch improved on them.
@@ -295,6 +316,7 @@ def train_dynamics(
     steps_per_epoch = max(1, len(train) // config.batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
                                   fused=device.type in ("cpu", "cuda"))  # one kernel per step
+    scaler = grad_scaler(device, enabled=config.mixed_precision)  # active for float16 only
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr,
                                                    total_steps=config.epochs * steps_per_epoch)
     shuffle = torch.Generator().manual_seed(config.seed)
@@ -307,6 +329,8 @@ def train_dynamics(
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         shuffle.set_state(state["shuffle"].cpu())
+        if scaler.is_enabled() and state.get("scaler"):  # empty when saved without a scaler
+            scaler.load_state_dict(state["scaler"])
         best_state, waited, start_epoch = state["best_state"], state["waited"], state["epoch"] + 1
         history = TrainHistory(**state["history"])
         if state["done"]:
@@ -323,18 +347,23 @@ def train_dynamics(
     for epoch in bar:
         model.train()
         sums = dict.fromkeys(("total", *LOSS_COMPONENTS), 0.0)
-        order = torch.randperm(len(train), generator=shuffle).to(device)
+        order = to_device(torch.randperm(len(train), generator=shuffle), device)
         for step in range(steps_per_epoch):
             rows = order[step * config.batch_size:(step + 1) * config.batch_size]
-            total, parts = batch_loss(model, train.index(rows))
+            # Autocast is safe here: inputs and targets are standardised to O(1), the losses
+            # themselves run in float32 under autocast, and gradients land in float32 weights.
+            with autocast(device, enabled=config.mixed_precision):
+                total, parts = batch_loss(model, train.index(rows))
             if not torch.isfinite(total):
                 raise FloatingPointError(
                     f"training diverged at epoch {epoch}, step {step}: loss is "
                     f"{total.item()}; try a lower learning rate than {config.lr}")
             optimizer.zero_grad(set_to_none=True)
-            total.backward()
+            scaler.scale(total).backward()
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
             nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
+            scaler.step(optimizer)  # skips the step if float16 gradients overflowed
+            scaler.update()
             schedule.step()
             for key, value in {"total": total, **parts}.items():
                 sums[key] += value.item()
@@ -360,6 +389,7 @@ def train_dynamics(
             save_checkpoint(checkpoint_path, "DynamicsTraining", {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "schedule": schedule.state_dict(), "shuffle": shuffle.get_state(),
+                "scaler": scaler.state_dict(),  # {} when no scaler is active
                 "best_state": best_state, "waited": waited, "epoch": epoch,
                 "done": finished, "history": dataclasses.asdict(history),
             })
@@ -416,7 +446,8 @@ def evaluate_dynamics(model: DynamicsModel, data: Transitions, state_std: torch.
     """Score one-step predictions on ``data``; ``done`` counts as predicted when ``p > threshold``.
 
     ``state_std`` (``(obs_dim,)``) sets the scale of ``state_mse``; by default the model's input
-    normalisation statistics.
+    normalisation statistics. Runs on the model's device, in float32 (the reported accuracy is
+    that of the model as used in imagination, which never runs under autocast).
     """
     check_transitions(data, model.config, "data")
     model.eval()
@@ -430,7 +461,7 @@ def evaluate_dynamics(model: DynamicsModel, data: Transitions, state_std: torch.
 
     error = next_obs - data.next_obs
     per_dim = ((error / model.delta_norm.std) ** 2).mean(0)
-    scale = model.obs_norm.std if state_std is None else state_std.to(device)
+    scale = model.obs_norm.std if state_std is None else to_device(state_std, device)
     done_true = data.terminated.cpu().numpy().astype(int)
     done_hat = (done_prob > threshold).cpu().numpy().astype(int)
     prob = done_prob.cpu().numpy()

@@ -16,12 +16,18 @@ from torch import nn
 
 from wmbook.buffers import Transitions
 from wmbook.checkpoint import load_checkpoint, save_checkpoint
+from wmbook.device import to_device
+from wmbook.models.base import MarkovWorldModel
 from wmbook.models.dynamics import (
     DynamicsConfig, DynamicsModel, Prediction, TrainConfig, TrainHistory, train_dynamics)
 
 
-class DynamicsEnsemble(nn.Module):
-    """``n_members`` independent dynamics models with a mean prediction and a disagreement."""
+class DynamicsEnsemble(MarkovWorldModel, nn.Module):
+    """``n_members`` independent dynamics models with a mean prediction and a disagreement.
+
+    A :class:`~wmbook.models.base.WorldModel` like its members, whose ``imagine_step`` also
+    reports the disagreement.
+    """
 
     def __init__(self, config: DynamicsConfig | None = None, n_members: int = 5):
         super().__init__()
@@ -68,12 +74,17 @@ def train_ensemble(ensemble: DynamicsEnsemble, train: Transitions, val: Transiti
                    config: TrainConfig | None = None, device: torch.device | str = "cpu",
                    progress: bool = True) -> list[TrainHistory]:
     """Train each member with :func:`train_dynamics` on a bootstrap resample of ``train``
-    (drawn with replacement, seeded by ``config.seed`` and the member's index)."""
+    (drawn with replacement, seeded by ``config.seed`` and the member's index).
+
+    The data go to ``device`` once, not once per member: each resample is gathered there.
+    """
     config = config or TrainConfig()
+    device = torch.device(device)
+    train, val = (data if data.obs.device == device else data.to(device) for data in (train, val))
     histories = []
     for index, member in enumerate(ensemble.members):
         resample = torch.Generator().manual_seed(config.seed * 1000 + index)
-        rows = torch.randint(len(train), (len(train),), generator=resample)
+        rows = to_device(torch.randint(len(train), (len(train),), generator=resample), device)
         member_config = dataclasses.replace(config, seed=config.seed * 1000 + index)
         histories.append(train_dynamics(member, train.index(rows), val, member_config,
                                         device=device, progress=progress))

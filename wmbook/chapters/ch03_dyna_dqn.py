@@ -1,4 +1,4 @@
-"""Many DQN and Dyna-DQN runs, side by side in worker processes.
+"""Chapter 3, Dyna-DQN against model-free DQN: its budgets and its experiment harness.
 
 A :class:`RunSpec` names one run (method, seed, K, h, updates per real step); :func:`run_all`
 executes a list of them, one process per core, and returns plain :class:`RunRecord` results.
@@ -17,6 +17,38 @@ from tqdm.auto import tqdm
 
 from wmbook.agents.dqn import DQNConfig, train_dqn
 from wmbook.agents.dyna import DynaConfig, train_dyna_dqn
+
+
+@dataclass(frozen=True)
+class DynaChapter:
+    """Chapter 3, Dyna-DQN against model-free DQN."""
+
+    dqn: DQNConfig                    # every run's DQN half and evaluation protocol
+    dyna: DynaConfig                  # every Dyna run's model half (K and h set per run)
+    seeds: tuple[int, ...]
+    imagined_updates: tuple[int, ...]  # the K values compared (0 is plain DQN)
+    branch_k: int                     # K of the rollout-length comparison
+    branch_length: int                # the longer rollout length h compared with h = 1
+    control_k: tuple[int, ...]        # Dyna's K values matched by model-free controls
+    workers: int                      # runs side by side (one per CPU core)
+    check_headline: bool
+
+
+PROFILES = {
+    "full": DynaChapter(
+        dqn=DQNConfig(total_steps=7_000, eval_every=500),
+        dyna=DynaConfig(),
+        seeds=(0, 1, 2), imagined_updates=(0, 1, 5, 10), branch_k=5, branch_length=5,
+        control_k=(5, 10), workers=2,
+        check_headline=True),
+    "ci": DynaChapter(
+        dqn=DQNConfig(total_steps=1_200, learning_starts=300, eval_every=300, eval_episodes=3,
+                      exploration_steps=600, hidden_size=32, batch_size=32),
+        dyna=DynaConfig(model_every=300, model_updates=20, model_hidden_size=32, model_layers=2),
+        seeds=(0, 1), imagined_updates=(0, 2), branch_k=2, branch_length=3, control_k=(2,),
+        workers=2, check_headline=False),
+}
+
 
 
 @dataclass(frozen=True)

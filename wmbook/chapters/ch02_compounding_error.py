@@ -1,0 +1,35 @@
+"""Chapter 2, compounding error of imagined rollouts and what reduces it: its budgets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from wmbook.chapters.ch01_world_model import CI_RECIPE, FULL_RECIPE, ModelRecipe
+
+
+@dataclass(frozen=True)
+class CompoundingErrorChapter:
+    """Chapter 2, compounding error of imagined rollouts and what reduces it."""
+
+    model: ModelRecipe        # the Chapter 1 model and every variant share this recipe
+    controller_steps: int     # transitions from the balancing controller (coverage variant)
+    test_steps: int           # controller transitions to draw start states from
+    starts: int               # start states for the comparison
+    horizon: int              # steps imagined and replayed from each start
+    plot_horizon: int         # steps shown in the error curves
+    tolerance: float          # valid-horizon tolerance, RMS error in units of the state's spread
+    ensemble_members: int
+    multistep_length: int     # k of the multi-step loss
+    check_headline: bool
+
+
+PROFILES = {
+    "full": CompoundingErrorChapter(
+        model=FULL_RECIPE, controller_steps=50_000, test_steps=20_000, starts=200,
+        horizon=200, plot_horizon=50, tolerance=0.05, ensemble_members=5,
+        multistep_length=5, check_headline=True),
+    "ci": CompoundingErrorChapter(
+        model=CI_RECIPE, controller_steps=2_000, test_steps=2_000, starts=20, horizon=40,
+        plot_horizon=20, tolerance=0.05, ensemble_members=2, multistep_length=3,
+        check_headline=False),
+}
