@@ -319,7 +319,9 @@ def _render_in_a_fresh_process(**env_vars) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items()
            if k not in ("SDL_VIDEODRIVER", "XDG_RUNTIME_DIR", "DISPLAY", "WAYLAND_DISPLAY",
                         "PYGAME_HIDE_SUPPORT_PROMPT")}
-    return subprocess.run([sys.executable, "-c", _RENDER_ONE_FRAME], env={**env, **env_vars},
+    # -W ignore: Python warnings from the installed pygame/setuptools pair (pkg_resources
+    # deprecation) are not what this checks; SDL writes its complaints straight to stderr
+    return subprocess.run([sys.executable, "-W", "ignore", "-c", _RENDER_ONE_FRAME], env={**env, **env_vars},
                           capture_output=True, text=True, timeout=60)
 
 

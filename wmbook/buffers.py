@@ -111,6 +111,22 @@ def _all_equal(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.all(same, axis=tuple(range(1, same.ndim)))
 
 
+def _read_npz(path: Path, kind: str, required: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Every array of the ``.npz`` file at ``path``; a missing or unreadable file, or one
+    without the ``required`` arrays, raises an error that names the ``kind`` of buffer."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no {kind} file at {path}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except Exception as error:
+        raise ValueError(f"{path} is not a readable .npz {kind}: {error}") from error
+    missing = [key for key in required if key not in arrays]
+    if missing:
+        raise ValueError(f"{path} is not a wmbook {kind}: missing {', '.join(missing)}")
+    return arrays
+
+
 class ReplayBuffer:
     """A fixed-capacity ring of transitions with uniform sampling.
 
@@ -393,16 +409,7 @@ class ReplayBuffer:
         """Read a buffer written by :meth:`save` (this format or the earlier one that stored
         ``next_obs`` in full); a missing or malformed file raises a clear error."""
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no replay buffer file at {path}")
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {key: data[key] for key in data.files}
-        except Exception as error:
-            raise ValueError(f"{path} is not a readable .npz replay buffer: {error}") from error
-        missing = [key for key in ("meta", *_STORED) if key not in arrays]
-        if missing:
-            raise ValueError(f"{path} is not a wmbook replay buffer: missing {', '.join(missing)}")
+        arrays = _read_npz(path, "replay buffer", ("meta", *_STORED))
         try:
             meta = json.loads(str(arrays["meta"]))
             buffer = cls(meta["capacity"], tuple(meta["obs_shape"]), tuple(meta["action_shape"]),
@@ -903,16 +910,7 @@ class SequenceBuffer:
     def load(cls, path: str | os.PathLike) -> "SequenceBuffer":
         """Read a buffer written by :meth:`save`; a missing or malformed file raises a clear error."""
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no sequence buffer file at {path}")
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {key: data[key] for key in data.files}
-        except Exception as error:
-            raise ValueError(f"{path} is not a readable .npz sequence buffer: {error}") from error
-        missing = [key for key in ("meta", *_STEP_FIELDS, "episode_starts") if key not in arrays]
-        if missing:
-            raise ValueError(f"{path} is not a wmbook sequence buffer: missing {', '.join(missing)}")
+        arrays = _read_npz(path, "sequence buffer", ("meta", *_STEP_FIELDS, "episode_starts"))
         try:
             meta = json.loads(str(arrays["meta"]))
             if not isinstance(meta, dict):

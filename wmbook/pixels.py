@@ -49,6 +49,8 @@ import numpy as np  # noqa: E402
 from gymnasium.envs.classic_control import CartPoleEnv  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from wmbook.envs import make_env  # noqa: E402
+
 LAYOUTS = ("chw", "hwc")
 Crop = tuple[int, int, int, int]  # (top, bottom, left, right) of the full frame, end-exclusive
 
@@ -212,13 +214,7 @@ def make_pixel_env(env_id: str = "CartPole-v1", size: int | tuple[int, int] = 64
     if kwargs.get("render_mode", "rgb_array") != "rgb_array":
         raise ValueError(f"pixel observations need render_mode='rgb_array', got {kwargs['render_mode']!r}")
     kwargs["render_mode"] = "rgb_array"
-    # gym.make rather than wmbook.envs.make_env: rendering frames should not have to import torch
-    try:
-        env = gym.make(env_id, **kwargs)
-    except gym.error.Error as error:
-        raise ValueError(f"cannot make environment {env_id!r}: {error}") from error
-    if seed is not None:
-        env.action_space.seed(seed)
+    env = make_env(env_id, seed=seed, **kwargs)
     if action_repeat != 1:
         env = ActionRepeat(env, action_repeat)
     return PixelObservation(env, size=size, layout=layout, crop=crop)
