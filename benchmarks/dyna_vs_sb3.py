@@ -191,11 +191,9 @@ def provenance(argv: list[str], workers: int) -> str:
     import torch
 
     import wmbook
+    from wmbook.device import cpu_model
 
-    cpuinfo = Path("/proc/cpuinfo")
-    models = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-              if line.startswith("model name")] if cpuinfo.exists() else []
-    cpu = models[0] if models else platform.processor() or "unknown CPU"
+    cpu = cpu_model()
     return "\n".join([
         f"- command: `{' '.join(['python benchmarks/dyna_vs_sb3.py', *argv])}`",
         f"- date: {datetime.date.today().isoformat()}",

@@ -28,6 +28,7 @@ from typing import Callable
 import gymnasium as gym
 import numpy as np
 
+from wmbook.device import cpu_model
 from wmbook.pixels import make_pixel_env
 
 
@@ -46,13 +47,6 @@ def timed_steps(env: gym.Env, steps: int, warmup: int, seed: int, after_step: Ca
         if terminated or truncated:
             env.reset()
     return time.perf_counter() - started
-
-
-def cpu_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    models = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-              if line.startswith("model name")] if cpuinfo.exists() else []
-    return models[0] if models else platform.processor() or "unknown CPU"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
          lambda: timed_steps(pixels, args.steps, args.warmup, args.seed)),
     ]
     print(f"CartPole-v1, {args.steps} timed steps per loop after {args.warmup} warm-up steps, seed {args.seed}")
-    print(f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores ({cpu_name()}), "
+    print(f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores ({cpu_model()}), "
           f"Python {platform.python_version()}, gymnasium {gym.__version__}, "
           f"load average {os.getloadavg()[0]:.1f}\n")
     print(f"| {'loop':<36} | {'steps/s':>9} | {'us/step':>8} | {'seconds':>7} |")

@@ -292,7 +292,8 @@ def test_to_device_changes_the_device(monkeypatch):
 
 def test_environment_stamp_keys_and_values():
     stamp = environment_stamp("cpu")
-    expected = {"device", "python", "torch", "gymnasium", "numpy", "torch threads", "cpu cores", "platform"}
+    expected = {"device", "python", "torch", "gymnasium", "numpy", "torch threads", "cpu", "cpu cores",
+                "platform"}
     assert expected <= set(stamp)
     assert "gpu" not in stamp and "cuda" not in stamp
     assert stamp["device"] == "cpu"
@@ -300,6 +301,19 @@ def test_environment_stamp_keys_and_values():
     assert stamp["numpy"] == np.__version__
     assert stamp["torch threads"] == str(torch.get_num_threads())
     assert all(isinstance(value, str) for value in stamp.values())
+
+
+def test_cpu_model_reads_the_processor_name(monkeypatch, tmp_path):
+    from wmbook import device as device_module
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: Test\nmodel name\t: Test CPU 3000\n")
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(info if path == "/proc/cpuinfo" else path, *a, **k))
+    assert device_module.cpu_model() == "Test CPU 3000"
+    monkeypatch.setattr("builtins.open", lambda *a, **k: (_ for _ in ()).throw(OSError("no such file")))
+    monkeypatch.setattr(device_module.platform, "processor", lambda: "")
+    assert device_module.cpu_model() == "unknown"
 
 
 def test_format_stamp_aligns_keys():

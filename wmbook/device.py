@@ -177,6 +177,22 @@ def to_device(batch: Any, device: torch.device | str) -> Any:
     return batch
 
 
+def cpu_model() -> str:
+    """The processor's model name, e.g. ``"AMD EPYC"`` ("unknown" where the system does not say).
+
+    Part of the stamp because the same seed can give different numbers on different CPUs:
+    vectorised float kernels differ between processor families.
+    """
+    try:
+        with open("/proc/cpuinfo") as info:  # Linux
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def environment_stamp(device: torch.device | str) -> dict[str, str]:
     """What produced a result: device, library versions and threads, as a flat dict."""
     import gymnasium
@@ -189,6 +205,7 @@ def environment_stamp(device: torch.device | str) -> dict[str, str]:
         "gymnasium": gymnasium.__version__,
         "numpy": np.__version__,
         "torch threads": str(torch.get_num_threads()),
+        "cpu": cpu_model(),
         "cpu cores": str(os.cpu_count()),
         "platform": f"{platform.system()} {platform.machine()}",
     }
