@@ -17,6 +17,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from wmbook.device import to_device
 from wmbook.envs import set_cartpole_state
 from wmbook.models.base import Latent, as_world_model, latent_stack, latent_to, model_device
 
@@ -105,7 +106,7 @@ def imagine(
 def _imagine(world, start_states, start_latent, horizon, actions, policy, done_threshold) -> Rollout:
     device = model_device(world)
     if start_latent is None:
-        obs = start_states.to(device)
+        obs = to_device(start_states, device)
         if obs.is_floating_point():  # integer observations (e.g. pixels) keep their dtype
             obs = obs.to(torch.float32)
         batch = obs.shape[0]
@@ -122,10 +123,11 @@ def _imagine(world, start_states, start_latent, horizon, actions, policy, done_t
                 or (expected is not None and actions.shape[2:] != tuple(expected))):
             wanted = (batch, horizon, *expected) if expected is not None else f"({batch}, {horizon}, ...)"
             raise ValueError(f"actions must have shape {wanted}, got {tuple(actions.shape)}")
+        actions = to_device(actions, device)  # once, not a copy per step
     latents, states, taken, rewards, done_probs, continuations, disagreement = (
         [latent], [features], [], [], [], [], [])
     for t in range(horizon):
-        action = actions[:, t].to(device) if actions is not None else policy(features)
+        action = actions[:, t] if actions is not None else policy(features)
         step = world.imagine_step(latent, action)
         latent = step.latent
         features = world.features(latent)
