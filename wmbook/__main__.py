@@ -4,11 +4,18 @@
     python -m wmbook run --chapters 1        # execute Chapter 1 only (profile full)
 
 Only the chapters that run import torch: ``list`` and ``--help`` answer at once.
+
+The training tools of the later chapters are subcommands too; each lives in its own module, whose
+``main(argv)`` receives the rest of the command line::
+
+    python -m wmbook train-world-model-ppo --env CartPole-v1     # Chapter 4's V + M + C trainer
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import sys
 import time
 
@@ -16,6 +23,25 @@ from wmbook.chapters import PROFILE_NAMES
 
 # the choices of wmbook.device.pick_device, repeated here so that parsing needs no torch
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+
+
+# subcommand -> module whose main(argv) runs it (listed in --help once the module exists)
+TOOLS: dict[str, tuple[str, str]] = {
+    "train-world-model-ppo": ("wmbook.agents.world_model_ppo", "Chapter 4: train V + M + C (PPO partly in the dream)"),
+    "dreamer": ("wmbook.agents.dreamer", "Chapter 5: train the Dreamer agent"),
+    "surgical": ("wmbook.surgical.cli", "Chapter 6: the surgical simulator, world model and policies"),
+}
+
+
+def _available_tools() -> dict[str, tuple[str, str]]:
+    found = {}
+    for name, (module, text) in TOOLS.items():
+        try:
+            if importlib.util.find_spec(module) is not None:
+                found[name] = (module, text)
+        except ModuleNotFoundError:  # its parent package is not there either
+            pass
+    return found
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,10 +66,16 @@ def _parser() -> argparse.ArgumentParser:
         if name == "all":
             sub.add_argument("--force", action="store_true",
                              help="execute and validate even chapters whose inputs are unchanged")
+    for name, (_, text) in _available_tools().items():
+        commands.add_parser(name, help=text, add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    tools = _available_tools()
+    if argv and argv[0] in tools:
+        return int(importlib.import_module(tools[argv[0]][0]).main(argv[1:]) or 0)
     args = _parser().parse_args(argv)
     try:
         from wmbook import pipeline

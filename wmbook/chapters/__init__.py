@@ -1,7 +1,7 @@
 """One home per chapter: its budgets (a ``full`` and a ``ci`` preset) and its experiment harness.
 
 Each chapter of the book has a module here, named after its notebook (``01_world_model`` lives
-in :mod:`wmbook.chapters.ch01_world_model`). A chapter module defines ``PROFILES``, a dict from
+in :mod:`wmbook.chapters.ch01_world_model`); a new ``chNN_name.py`` file is found by its name. A chapter module defines ``PROFILES``, a dict from
 profile name to a frozen dataclass holding every budget the chapter reads, and whatever runs the
 chapter's experiments. This registry only maps names to modules: it imports a chapter's module
 (and so torch and the chapter's models) when that chapter's budget is asked for, never before,
@@ -17,16 +17,20 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+from pathlib import Path
 from types import ModuleType
 
 PROFILE_NAMES = ("full", "ci")
 
+
+def _chapter_modules() -> dict[str, str]:
+    """Notebook stem -> module, found from the file names here (``chNN_name.py`` -> ``NN_name``)."""
+    found = sorted(Path(__file__).parent.glob("ch[0-9][0-9]_*.py"))
+    return {path.stem[2:]: f"{__name__}.{path.stem}" for path in found}
+
+
 # notebook stem -> module holding that chapter's PROFILES and harness
-CHAPTER_MODULES: dict[str, str] = {
-    "01_world_model": "wmbook.chapters.ch01_world_model",
-    "02_compounding_error": "wmbook.chapters.ch02_compounding_error",
-    "03_dyna_dqn": "wmbook.chapters.ch03_dyna_dqn",
-}
+CHAPTER_MODULES: dict[str, str] = _chapter_modules()
 
 
 def chapter_module(chapter: str) -> ModuleType:
