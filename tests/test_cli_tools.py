@@ -55,3 +55,12 @@ def test_an_absent_tool_is_an_unknown_command(tmp_path, monkeypatch, capsys):
     except SystemExit as stop:
         assert stop.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_finding_the_tools_imports_none_of_them():
+    import subprocess
+    code = ("import sys, wmbook.__main__ as cli; tools = cli._available_tools(); "
+            "print(sorted(tools)); print('torch' in sys.modules, 'wmbook.agents' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[-1] == "False False"
+    assert "surgical" in out.splitlines()[0]

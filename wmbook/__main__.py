@@ -17,6 +17,7 @@ import argparse
 import importlib
 import importlib.util
 import sys
+from pathlib import Path
 import time
 
 from wmbook.chapters import PROFILE_NAMES
@@ -33,15 +34,20 @@ TOOLS: dict[str, tuple[str, str]] = {
 }
 
 
+def _module_exists(module: str) -> bool:
+    """Whether ``module`` can be imported, without importing it or its parent packages (torch)."""
+    top, _, rest = module.partition(".")
+    spec = importlib.util.find_spec(top)
+    if spec is None or not rest:
+        return spec is not None
+    folders = list(spec.submodule_search_locations or [])
+    parts = rest.split(".")
+    return any((Path(folder).joinpath(*parts[:-1]) / (parts[-1] + ".py")).is_file()
+               or (Path(folder).joinpath(*parts) / "__init__.py").is_file() for folder in folders)
+
+
 def _available_tools() -> dict[str, tuple[str, str]]:
-    found = {}
-    for name, (module, text) in TOOLS.items():
-        try:
-            if importlib.util.find_spec(module) is not None:
-                found[name] = (module, text)
-        except ModuleNotFoundError:  # its parent package is not there either
-            pass
-    return found
+    return {name: (module, text) for name, (module, text) in TOOLS.items() if _module_exists(module)}
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -31,6 +31,8 @@ from wmbook.models.dynamics import (
 )
 from wmbook.models.ensemble import DynamicsEnsemble, train_ensemble
 from wmbook.models.layers import Normalizer, mlp
+from wmbook.models.surgical import (SurgicalTrainConfig, SurgicalWorldModel,
+                                    SurgicalWorldModelConfig, sample_triplets)
 
 __all__ = [
     "DecodingWorldModel",
@@ -60,6 +62,10 @@ __all__ = [
     "mlp",
     "multistep_loss",
     "reset_first",
+    "sample_triplets",
+    "SurgicalTrainConfig",
+    "SurgicalWorldModel",
+    "SurgicalWorldModelConfig",
     "train_dynamics",
     "train_ensemble",
 ]
