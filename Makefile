@@ -1,6 +1,8 @@
 # Two commands for a fresh clone (both set up .venv on first use):
 #   make book   execute every chapter, validate it, build the HTML book  (PROFILE=ci for a quick run)
 #   make test   run the test suite (unit tests and the whole pipeline on the ci profile)
+# The workflows in .github/workflows/ call these targets and nothing else of their own:
+#   make dist   the release: sdist and wheel in dist/, checked by twine (TAG=vX.Y.Z must match)
 
 PYTHON  ?= python3
 VENV    ?= .venv
@@ -8,7 +10,7 @@ PROFILE ?= full
 SEED    ?= 0
 PY      := $(VENV)/bin/python
 
-.PHONY: book test setup lock clean
+.PHONY: book test setup lock clean dist
 
 setup: $(VENV)/.installed node_modules/.package-lock.json
 
@@ -41,5 +43,21 @@ book: setup
 test: setup
 	$(PY) -m pytest
 
+# The version lives in pyproject.toml alone; wmbook.__version__ reads it from the installed
+# metadata. The release notes are the version's section of CHANGELOG.md.
+dist: setup
+	rm -rf dist
+	$(PY) -m build --sdist --wheel --outdir dist .
+	rm -rf build  # setuptools' scratch folder
+	$(PY) -m twine check --strict dist/*
+	@version=$$($(PY) -c 'import wmbook; print(wmbook.__version__)'); \
+	if [ -n "$(TAG)" ] && [ "$(TAG)" != "v$$version" ]; then \
+	  echo "tag $(TAG) does not match the package version $$version (pyproject.toml)" >&2; exit 1; fi; \
+	mkdir -p _build; \
+	awk -v v="$$version" '/^## /{on = index($$0, "## [" v "]") == 1; next} on' CHANGELOG.md > _build/release-notes.md; \
+	if ! grep -q . _build/release-notes.md; then \
+	  echo "CHANGELOG.md has no section '## [$$version]'" >&2; exit 1; fi; \
+	echo "dist/ holds wmbook $$version; notes in _build/release-notes.md"
+
 clean:
-	rm -rf _build
+	rm -rf _build dist

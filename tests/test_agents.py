@@ -14,6 +14,7 @@ from wmbook.agents import (
     DynaConfig,
     DynaPlanner,
     evaluate_greedy,
+    evaluation_seed,
     imagined_transitions,
     train_dqn,
     train_dyna_dqn,
@@ -115,6 +116,18 @@ def test_mixed_batch_targets_follow_each_flag():
     assert agent.update(batch) == pytest.approx(expected)
 
 
+@pytest.mark.parametrize("p", [0.0, 0.25, 0.5, 1.0])
+def test_a_fractional_termination_makes_the_expected_backup(p):
+    """An imagined transition carries the model's termination probability p: the target is
+    r + gamma (1 - p) max Q(s'), the mean of the two backups weighted by p."""
+    agent = _constant_agent(0.0, (1.0, 2.0))
+    n = 4
+    batch = _batch(n, terminated=torch.full((n,), p))
+    target = 1.0 + 0.9 * (1 - p) * 2.0
+    expected = F.smooth_l1_loss(torch.zeros(n), torch.full((n,), target)).item()
+    assert agent.update(batch) == pytest.approx(expected)
+
+
 def test_target_network_follows_by_polyak_averaging():
     seed_everything(0)
     config = DQNConfig(hidden_size=16, n_layers=1, target_tau=0.1, learning_rate=1e-2)
@@ -165,6 +178,47 @@ def test_evaluate_greedy_is_deterministic_for_a_stochastic_looking_policy():
     first = evaluate_greedy(policy, episodes=5, seed=1)
     np.testing.assert_array_equal(first, evaluate_greedy(policy, episodes=5, seed=1))
     assert np.all((first >= 1) & (first <= 500))
+
+
+def test_evaluation_seed_rule_separates_runs_and_training():
+    """Every run evaluates from its own fixed starts, far from any training seed: runs of
+    different seeds never share an evaluation start, and no seed below 10,000 is used."""
+    seeds = range(50)
+    firsts = [evaluation_seed(s) for s in seeds]
+    assert len(set(firsts)) == len(firsts)
+    starts = [set(range(f, f + 10)) for f in firsts]  # ten evaluation episodes per run
+    assert all(a.isdisjoint(b) for i, a in enumerate(starts) for b in starts[i + 1:])
+    assert min(firsts) >= 10_000 and evaluation_seed(0) == 10_000
+
+
+def test_every_evaluation_of_a_run_faces_the_same_starts(monkeypatch):
+    """train_dqn evaluates with evaluation_seed(config.seed) every time."""
+    seen = []
+    from wmbook.agents import dqn as dqn_module
+
+    def recording(policy, env_id, episodes, seed):
+        seen.append((episodes, seed))
+        return np.full(episodes, 10.0)
+
+    monkeypatch.setattr(dqn_module, "evaluate_greedy", recording)
+    config = dataclasses.replace(TINY, total_steps=600, eval_every=200, seed=7)
+    train_dqn(config, progress=False)
+    assert seen == [(config.eval_episodes, evaluation_seed(7))] * 3
+
+
+def test_train_dqn_can_train_in_another_environment_and_evaluate_in_the_real_one(trained_model):
+    """``env=``: the buffer fills from that environment; evaluations play config.env_id."""
+    from wmbook.envs import WorldModelEnv
+
+    model, _ = trained_model
+    dream = WorldModelEnv(model, collect_transitions(make_env("CartPole-v1"), 200, seed=0).all().obs.numpy())
+    config = dataclasses.replace(TINY, total_steps=400, learning_starts=100, eval_every=400)
+    result = train_dqn(config, progress=False, env=dream)
+    rewards = result.buffer.all().reward
+    assert len(result.buffer) == 400 and not torch.all(rewards == 1.0)  # model rewards, not CartPole's
+    real = evaluate_greedy(lambda o: result.agent.greedy(torch.as_tensor(o)).cpu().numpy(),
+                           episodes=config.eval_episodes, seed=evaluation_seed(config.seed))
+    assert result.eval_returns == [float(real.mean())]
 
 
 # -- train_dqn --------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The Dyna-DQN benchmark script runs end to end and writes its tables with statistics and provenance."""
+"""The Dyna-DQN benchmark script: five methods like for like, statistics that can fail, and
+provenance."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("stable_baselines3")
@@ -25,50 +27,81 @@ def test_benchmark_writes_a_table_with_provenance(tmp_path):
     script = load_script()
     out = tmp_path / "results.md"
     # a budget below learning_starts: no learning, so nothing solves, but every path runs
-    assert script.main(["--seeds", "0", "1", "--budget", "500", "--eval-every", "500", "--workers", "1",
+    assert script.main(["--seeds", "0", "1", "--budget", "500", "--eval-every", "250", "--workers", "1",
                         "--k", "2", "--reps", "100", "--out", str(out)]) == 0
     text = out.read_text()
-    for method in ("DQN (wmbook)", "Dyna-DQN, K=2 (wmbook)", "DQN (stable-baselines3, rl-zoo settings)"):
-        assert f"| {method} | > 500, > 500 |" in text  # per seed
+    assert text.startswith("K = 2, given on the command line.")
+    names = script.Methods(2)
+    assert names.all() == ["DQN (wmbook)", "DQN, 3 updates/step (wmbook)", "Dyna-DQN, K=2 (wmbook)",
+                           "DQN (stable-baselines3, rl-zoo settings)", "DQN (stable-baselines3, 3 updates/step)"]
+    for method in names.all():
+        assert f"| {method} | > 500, > 500 | " in text  # per seed, and the runs went to the end
         # every run censored at the budget: IQM and median are the budget, 2 runs unsolved
         assert f"| {method} | 500 [500, 500] | 500 [500, 500] | 2 | 2 |" in text
-    assert "(ties count half): 0.50 [" in text  # identical censored runs: a tie
-    assert "do not establish which of the two needs fewer steps" in text
+    assert text.count("0.50 [0.50, 0.50]: the interval includes one half, so the difference is not "
+                      "resolved at 2 seeds") == 4  # identical censored runs: ties
+    assert "IQM final return [95% CI]" in text
     assert "- command: `python benchmarks/dyna_vs_sb3.py --seeds 0 1" in text
     assert "stable-baselines3 2." in text and "rliable 1." in text and "- date: " in text and "cores" in text
-    assert "Dyna-DQN's median run did not solve within 500 steps (target: at most 10,000) - not met." in text
+    assert "ratio 1.00 (target: at most 1/3) - not met" in text
 
 
-def outcomes_of(script, steps: dict[str, list[int | None]]):
-    return [script.Outcome(method, seed, solved_at, 1.0)
-            for method, runs in steps.items() for seed, solved_at in enumerate(runs)]
+def _outcome(script, method, seed, solved_at, final, steps=(1000, 2000, 3000)):
+    returns = [final] * len(steps)
+    return script.Outcome(method, seed, solved_at, 1.0, list(steps), returns)
 
 
-def test_statistics_rank_by_iqm_and_judge_the_probability_of_improvement():
+def test_statistics_and_verdict_read_the_intervals():
     script = load_script()
-    methods = ["DQN", "Dyna", "SB3"]
-    outcomes = outcomes_of(script, {"DQN": [9000, 9500, 8000, 8500, None],
-                                    "Dyna": [2000, 2500, 3000, 1500, 2000],
-                                    "SB3": [2500, 1500, 3500, 2000, 2000]})
-    text, summaries = script.statistics(outcomes, methods, budget=10_000, reps=200)
-    # Dyna and SB3 share their middle three runs: the same IQM, stated as a tie
-    assert "Fewest real steps to solve by IQM: Dyna and SB3 with 2,167, then DQN with 9,000." in text
-    assert summaries["DQN"].median.estimate == 9000
-    assert "| DQN | 9,000 [" in text and text.split("| DQN |")[1].split("\n")[0].endswith("| 5 | 1 |")
-    # every Dyna run beats every DQN run: established; against SB3 it is close to a coin flip
-    assert "than a DQN run (ties count half): 1.00 [1.00, 1.00]; Dyna needs fewer steps than DQN" in text
-    assert "than a SB3 run (ties count half): 0.52 [" in text
-    assert "these seeds do not establish which of the two needs fewer steps" in text
+    names = script.Methods(5)
+    solved = {names.dqn: [9000, 9500, 8000, 8500, None],
+              names.control: [5000, 6000, 5500, 7000, 6500],
+              names.dyna: [1500, 2000, 1000, 1500, 2000],
+              names.zoo: [9000, 8000, 9500, 8500, 9000],
+              names.sb3_ratio: [3000, 2500, 4000, 3500, 3000]}
+    finals = {names.dqn: 200.0, names.control: 400.0, names.dyna: 481.0, names.zoo: 480.0,
+              names.sb3_ratio: 450.0}
+    outcomes = [_outcome(script, m, s, v, finals[m] + s) for m, runs in solved.items()
+                for s, v in enumerate(runs)]
+    text, steps, final = script.statistics(outcomes, names, budget=10_000, reps=200)
+    assert steps[names.dyna].iqm.estimate == pytest.approx(1666.67, abs=1)
+    assert text.split(f"| {names.dqn} |")[1].split("\n")[0].endswith("| 5 | 1 |")
+    # every Dyna run beats every run of every other method: established each time
+    assert text.count("1.00 [1.00, 1.00]: the interval lies above one half") == 4
+    assert f"ends with a higher return than a run of {names.zoo} is " in text
+    lines = script.verdict(names, steps, final)
+    assert "ratio 0.19 (target: at most 1/3) - met." in lines[0]
+    assert lines[1].endswith("(target: at least as high) - met; the intervals overlap, so the "
+                             "difference is not resolved at this number of seeds.")
+    # the same verdict fails where Dyna is only a little faster than the zoo's DQN
+    slow = [script.Outcome(o.method, o.seed, (o.solved_at or 0) * 4 if o.method == names.dyna else o.solved_at,
+                           1.0, o.eval_steps, o.eval_returns) for o in outcomes]
+    text, steps, final = script.statistics(slow, names, budget=10_000, reps=200)
+    assert "- not met" in script.verdict(names, steps, final)[0]
 
-    lines = script.verdict(outcomes, methods, 10_000, summaries)
-    assert lines[0].startswith("Dyna-DQN's median steps to solve: 2,000, 95 % CI [")
-    assert lines[0].endswith("(target: at most 10,000) - met.")
-    assert lines[1] == "Ratio to stable-baselines3's median: 1.00 (target: at most 1/3) - not met."
 
-
-def test_compare_reads_the_interval():
+def test_outcome_final_return_and_kept_share():
     script = load_script()
-    Interval = script.Interval
-    assert script.compare(Interval(0.9, 0.6, 1.0), "A", "B") == "A needs fewer steps than B on these seeds"
-    assert script.compare(Interval(0.1, 0.0, 0.4), "A", "B") == "A needs more steps than B on these seeds"
-    assert "do not establish" in script.compare(Interval(0.6, 0.3, 0.9), "A", "B")
+    run = script.Outcome("m", 0, 1000, 1.0, [500, 1000, 1500, 2000, 2500], [10.0, 480.0, 100.0, 490.0, 475.0])
+    assert run.final_return == 475.0 and run.kept_solved == pytest.approx(2 / 3)
+    assert np.isnan(script.Outcome("m", 0, None, 1.0, [500], [10.0]).kept_solved)
+
+
+def test_k_is_chosen_on_tuning_seeds_the_reported_runs_do_not_use(monkeypatch, capsys):
+    script = load_script()
+    asked = []
+
+    def fake_jobs(jobs, workers, echo=True):
+        asked.extend(jobs)
+        solved = {1: 6000, 5: 3000, 10: 3500}
+        return [script.Outcome(name, seed, solved[k], 1.0, [7000], [500.0])
+                for _, name, seed, k, *_ in jobs]
+
+    monkeypatch.setattr(script, "run_jobs", fake_jobs)
+    k, iqms = script.choose_k([1, 5, 10], [100, 101], 7000, 500, 1)
+    assert k == 5 and iqms == {1: 6000.0, 5: 3000.0, 10: 3500.0}
+    assert {job[2] for job in asked} == {100, 101}
+    assert script.seed_list([3]) == [0, 1, 2] and script.seed_list([4, 7]) == [4, 7]
+    with pytest.raises(SystemExit):
+        script.main(["--seeds", "100", "101", "--out", "-"])  # tuning seeds reported: refused
+    assert "overlap the reported seeds" in capsys.readouterr().err

@@ -79,12 +79,71 @@ def test_every_glued_name_in_the_prose_is_glued_by_the_code(chapter):
     assert used <= glued, f"glued in prose but never computed: {sorted(used - glued)}"
 
 
+TIMING = re.compile(r"perf_counter\(\)|\.seconds\b|\bseconds\b|elapsed")
+"""What a cell must show to be a timing or progress cell: a clock read or an elapsed time."""
+RESULT = re.compile(r"\.glue\(|\.write\(|plt\.|plot_|display\(|assert ")
+"""What a cell that skips validation must not do: glue or write results, draw, assert (recording
+a timing in the results file is allowed)."""
+
+
+def ignored_output_problems(source: str) -> list[str]:
+    """Why a cell tagged ``nbval-ignore-output`` may not be: it shows no timing or progress,
+    or its output carries a result the prose or the checks rely on."""
+    problems = []
+    if not (TIMING.search(source) or "tqdm" in source or "progress=True" in source):
+        problems.append("prints no timing or progress bar")
+    problems += [f"{match.group(0).strip()!r} makes a result" for match in RESULT.finditer(source)]
+    return problems
+
+
+def test_ignored_output_rule_tells_timing_cells_from_result_cells():
+    assert ignored_output_problems('history = train(x)\nprint(f"{history.seconds:.1f} s elapsed")') == []
+    assert ignored_output_problems("for _ in tqdm(range(3)):\n    pass") == []
+    assert ignored_output_problems('model = train(x)\nprint("trained")') == ["prints no timing or progress bar"]
+    assert ignored_output_problems('t = time.perf_counter()\nresults.glue("mse", m)') == ["'.glue(' makes a result"]
+    assert ignored_output_problems('print(f"{s} s elapsed")\nplt.show()') == ["'plt.' makes a result"]
+
+
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda c: c.name)
-def test_progress_bar_cells_are_the_only_ignored_outputs(chapter):
+def test_cells_skipping_validation_only_time_or_show_progress(chapter):
+    """A cell tagged ``nbval-ignore-output`` escapes the determinism check, so it may print
+    timings and progress bars only: no glued or written results, figures or checks."""
     for cell in _notebook(chapter).cells:
         if "nbval-ignore-output" in cell.metadata.get("tags", []):
-            assert "train" in cell.source or "tqdm" in cell.source or "time" in cell.source, (
-                "only cells printing progress bars or timings may skip output validation:\n" + cell.source)
+            problems = ignored_output_problems(cell.source)
+            assert not problems, f"{chapter.source}: a cell skipping validation {problems}:\n{cell.source}"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda c: c.name)
+def test_every_exercise_has_a_solution_that_runs(chapter):
+    """Every numbered exercise under an "Exercises" heading is followed, before the next
+    exercise or heading, by a code cell tagged ``hide-input`` (its worked solution, folded in
+    the book and executed by every profile) that asserts something."""
+    cells = _notebook(chapter).cells
+    start = next((i for i, c in enumerate(cells) if c.cell_type == "markdown"
+                  and re.search(r"^#+ Exercises", c.source, re.M)), None)
+    assert start is not None, f"{chapter.source} has no Exercises section"
+    exercises, solutions, waiting = 0, 0, False
+    for index, cell in enumerate(cells[start:]):
+        if cell.cell_type == "markdown":
+            text = cell.source
+            if index == 0:  # the section starts at its heading
+                text = text[re.search(r"^#+ Exercises.*$", text, re.M).end():]
+            elif re.search(r"^#+ ", text, re.M):
+                break  # the next section
+            numbered = re.findall(r"^\d+\. \*\*", text, re.M)
+            assert not (waiting and numbered), f"{chapter.source}: exercise {exercises} has no solution cell"
+            assert len(numbered) <= 1, f"{chapter.source}: one exercise per markdown cell, so each has its solution"
+            exercises += len(numbered)
+            waiting = waiting or bool(numbered)
+        elif waiting:
+            assert "hide-input" in cell.metadata.get("tags", []), \
+                f"{chapter.source}: the solution of exercise {exercises} must be tagged hide-input"
+            assert "assert " in cell.source, f"{chapter.source}: the solution of exercise {exercises} checks nothing"
+            solutions += 1
+            waiting = False
+    assert not waiting, f"{chapter.source}: exercise {exercises} has no solution cell"
+    assert exercises >= 1 and solutions == exercises
 
 
 def test_config_launches_colab_and_builds_from_executed_copies():

@@ -185,8 +185,9 @@ def test_each_member_gets_its_own_bootstrap_resample(cartpole_data, monkeypatch)
     train, val = cartpole_data
     seen = []
 
-    def fake_train(member, data, val_data, config, device="cpu", progress=True):
+    def fake_train(member, data, val_data, config, device="cpu", progress=True, fit_normalizers=True):
         seen.append((data, val_data, config.seed))
+        assert fit_normalizers  # a fresh ensemble sets its statistics
         return TrainHistory()
 
     monkeypatch.setattr(ensemble_module, "train_dynamics", fake_train)

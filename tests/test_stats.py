@@ -10,7 +10,9 @@ from wmbook.stats import (  # noqa: E402
     Interval,
     Summary,
     aggregate,
+    improvement_sentence,
     probability_of_improvement,
+    resolved,
     steps_to_solve,
     summary_table,
 )
@@ -142,3 +144,24 @@ def test_probability_of_improvement_errors():
         probability_of_improvement([1.0, 2.0], [3.0, 4.0], confidence=95)
     with pytest.raises(ValueError, match="reps"):
         aggregate({"a": [1.0, 2.0]}, reps=0)
+
+
+@pytest.mark.parametrize("p, expected", [
+    (Interval(0.8, 0.6, 1.0), "the interval lies above one half, so A needs fewer real steps than B at 5 seeds"),
+    (Interval(0.2, 0.0, 0.4), "the interval lies below one half, so B needs fewer real steps than A at 5 seeds"),
+    (Interval(0.7, 0.5, 0.9), "the interval includes one half, so the difference is not resolved at 5 seeds"),
+    (Interval(0.3, 0.1, 0.5), "the interval includes one half, so the difference is not resolved at 5 seeds"),
+])
+def test_improvement_sentence_says_no_more_than_the_interval(p, expected):
+    sentence = improvement_sentence(p, "A", "B", "needs fewer real steps than", runs=5)
+    assert sentence == (f"the probability that a run of A needs fewer real steps than a run of B is "
+                        f"{p.format(digits=2)}: {expected}")
+    assert resolved(p) == ("lies" in expected)
+
+
+def test_a_real_difference_is_resolved_and_a_coin_flip_is_not():
+    fast, slow = [1000.0, 1200, 900, 1100, 1000], [5000.0, 5200, 4800, 5100, 4900]
+    p = probability_of_improvement(fast, slow, lower_is_better=True, reps=REPS)
+    assert p.estimate == 1.0 and resolved(p)
+    mixed = probability_of_improvement(fast, [900.0, 1300, 1000, 1050, 950], lower_is_better=True, reps=REPS)
+    assert not resolved(mixed)

@@ -243,7 +243,13 @@ def _read_record(path: Path) -> dict:
 def _report(stage: Path, runs: list[ChapterRun]) -> None:
     report = stage / "run_report.json"
     previous = _read_record(report)
-    previous.update({r.chapter: vars(r) for r in runs})
+    for r in runs:
+        entry = dict(vars(r))
+        if r.cached and "seconds" in previous.get(r.chapter, {}):
+            # a cache hit executed nothing: the executed copy is still the one whose execution
+            # took the seconds recorded then
+            entry["seconds"] = previous[r.chapter]["seconds"]
+        previous[r.chapter] = entry
     write_json(report, previous)
 
 

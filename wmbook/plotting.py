@@ -221,3 +221,29 @@ def plot_state_coverage(datasets: dict[str, np.ndarray], dims=(0, 2), labels: Se
     ax.legend(markerscale=4)
     fig.tight_layout()
     return fig
+
+
+def plot_model_checks(checks: dict[str, Sequence[Sequence]], horizon: int = 5):
+    """A Dyna model's held-out error over training: one-step (left) and ``horizon``-step (right)
+    next-state error against the real steps at each refit, log scale.
+
+    ``checks`` maps a method's name to one list per seed of
+    :class:`~wmbook.agents.dyna.ModelCheck` (one per refit, the same refit steps for every
+    seed); the line is the median over seeds, the band spans the lowest to the highest.
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(11.0, 3.8), sharex=True)
+    for color, (name, runs) in enumerate(checks.items()):
+        steps = np.array([check.step for check in runs[0]])
+        for ax, field in zip(axes, ("one_step", "multi_step")):
+            values = np.array([[getattr(check, field) for check in run] for run in runs])
+            ax.plot(steps, np.nanmedian(values, 0), "o-", ms=3, color=f"C{color}", label=name)
+            ax.fill_between(steps, np.nanmin(values, 0), np.nanmax(values, 0), alpha=0.15,
+                            color=f"C{color}")
+    for ax, title in zip(axes, ("one step ahead", f"{horizon} steps ahead, open loop")):
+        ax.set_yscale("log")
+        ax.set_xlabel("real environment steps (refits)")
+        ax.set_title(title)
+    axes[0].set_ylabel("held-out next-state MSE\n(change std units)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig

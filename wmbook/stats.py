@@ -207,6 +207,29 @@ def probability_of_improvement(
     return Interval(float(points["x over y"][0]), float(low), float(high), confidence)
 
 
+def resolved(p: Interval) -> bool:
+    """Whether an interval of a probability of improvement excludes one half: only then do the
+    runs establish which method is better."""
+    return p.low > 0.5 or p.high < 0.5
+
+
+def improvement_sentence(p: Interval, x: str, y: str, relation: str = "needs fewer real steps than",
+                         runs: int | None = None) -> str:
+    """Prose for ``p = P(X beats Y)`` that says no more than its interval supports.
+
+    ``"the probability that a run of Dyna needs fewer real steps than a run of DQN is
+    0.83 [0.50, 1.00]: the interval includes one half, so the difference is not resolved at
+    5 seeds"``. ``relation`` reads between the two names; ``runs`` names the seeds per method.
+    """
+    head = f"the probability that a run of {x} {relation} a run of {y} is {p.format(digits=2)}"
+    at = f" at {runs} seeds" if runs else ""
+    if p.low > 0.5:
+        return f"{head}: the interval lies above one half, so {x} {relation} {y}{at}"
+    if p.high < 0.5:
+        return f"{head}: the interval lies below one half, so {y} {relation} {x}{at}"
+    return f"{head}: the interval includes one half, so the difference is not resolved{at}"
+
+
 def summary_table(summaries: Mapping[str, Summary], metric: str = "score", digits: int = 0) -> str:
     """A Markdown table, one row per method: IQM and median of ``metric`` with their intervals."""
     percent = f"{next(iter(summaries.values())).iqm.confidence:.0%} CI" if summaries else "CI"

@@ -153,18 +153,23 @@ class DQNResult:
 
 
 def train_dqn(config: DQNConfig, device: torch.device | str = "cpu", progress: bool = True,
-              after_step: Callable[[int, DQNAgent, ReplayBuffer], None] | None = None) -> DQNResult:
+              after_step: Callable[[int, DQNAgent, ReplayBuffer], None] | None = None,
+              env: gym.Env | None = None) -> DQNResult:
     """Train DQN on ``config.env_id``; evaluate the greedy policy every ``eval_every`` steps.
 
     ``after_step(step, agent, buffer)`` runs after the updates of each real step (once
     learning has started); Dyna uses it for its imagined updates.
+
+    ``env``: train in this environment instead (e.g. a learned model wrapped as a
+    :class:`~wmbook.envs.WorldModelEnv`, reset with ``config.seed``); the evaluations still
+    play ``config.env_id``, the real task.
 
     The replay buffer stays in host memory; each minibatch and each observation to act on is
     copied to ``device`` through :func:`~wmbook.device.to_device` (pinned and non-blocking on
     CUDA). Everything runs in float32 (see :meth:`DQNAgent.update`).
     """
     started = time.perf_counter()
-    env = make_env(config.env_id, seed=config.seed)
+    env = make_env(config.env_id, seed=config.seed) if env is None else env
     if not isinstance(env.action_space, gym.spaces.Discrete):
         raise TypeError(f"DQN needs a discrete action space, {config.env_id} has {env.action_space}")
     with torch.random.fork_rng(devices=[]):  # the initial weights depend on config.seed alone

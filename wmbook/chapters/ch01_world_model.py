@@ -41,6 +41,14 @@ CI_RECIPE = ModelRecipe(train_steps=4_000, val_steps=1_000, hidden_size=64, n_la
                         epochs=6, batch_size=128, lr=3e-3, patience=3)
 
 
+EXERCISE_RECIPE = ModelRecipe(train_steps=20_000, val_steps=4_000, hidden_size=128, n_layers=2,
+                              epochs=8, batch_size=256, lr=3e-3, patience=8)
+CI_EXERCISE_RECIPE = ModelRecipe(train_steps=2_000, val_steps=500, hidden_size=32, n_layers=2,
+                                 epochs=3, batch_size=128, lr=3e-3, patience=3)
+"""Smaller models for the exercises' solutions, each compared with a reference of the same
+recipe: seconds, not minutes, under ``full``; a few seconds in all under ``ci``."""
+
+
 @dataclass(frozen=True)
 class WorldModelChapter:
     """Chapter 1, a neural world model of CartPole."""
@@ -48,12 +56,13 @@ class WorldModelChapter:
     model: ModelRecipe
     rollout_starts: int       # held-out start states for the multi-step teaser
     rollout_horizon: int      # imagined steps in the teaser
+    exercise: ModelRecipe     # the exercises' models
     check_headline: bool      # assert the book's targets (only meaningful at full budget)
 
 
 PROFILES = {
     "full": WorldModelChapter(model=FULL_RECIPE, rollout_starts=200, rollout_horizon=50,
-                              check_headline=True),
+                              exercise=EXERCISE_RECIPE, check_headline=True),
     "ci": WorldModelChapter(model=CI_RECIPE, rollout_starts=20, rollout_horizon=20,
-                            check_headline=False),
+                            exercise=CI_EXERCISE_RECIPE, check_headline=False),
 }

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from wmbook.chapters.ch01_world_model import CI_RECIPE, FULL_RECIPE, ModelRecipe
+from wmbook.chapters.ch01_world_model import (
+    CI_EXERCISE_RECIPE, CI_RECIPE, EXERCISE_RECIPE, FULL_RECIPE, ModelRecipe)
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,8 @@ class CompoundingErrorChapter:
     tolerance: float          # valid-horizon tolerance, RMS error in units of the state's spread
     ensemble_members: int
     multistep_length: int     # k of the multi-step loss
+    exercise: ModelRecipe     # the exercises' models (smaller, compared among themselves)
+    exercise_windows: tuple[int, ...]  # the longer multi-step windows of exercise 3
     check_headline: bool
 
 
@@ -27,9 +30,10 @@ PROFILES = {
     "full": CompoundingErrorChapter(
         model=FULL_RECIPE, controller_steps=50_000, test_steps=20_000, starts=200,
         horizon=200, plot_horizon=50, tolerance=0.05, ensemble_members=5,
-        multistep_length=5, check_headline=True),
+        multistep_length=5, exercise=EXERCISE_RECIPE, exercise_windows=(10, 20),
+        check_headline=True),
     "ci": CompoundingErrorChapter(
         model=CI_RECIPE, controller_steps=2_000, test_steps=2_000, starts=20, horizon=40,
         plot_horizon=20, tolerance=0.05, ensemble_members=2, multistep_length=3,
-        check_headline=False),
+        exercise=CI_EXERCISE_RECIPE, exercise_windows=(4, 6), check_headline=False),
 }

@@ -1,9 +1,13 @@
 """Chapter 3, Dyna-DQN against model-free DQN: its budgets and its experiment harness.
 
-A :class:`RunSpec` names one run (method, seed, K, h, updates per real step); :func:`run_all`
-executes a list of them, one process per core, and returns plain :class:`RunRecord` results.
-Every run depends on its spec and configs alone, so the results do not depend on how the
-runs were scheduled.
+A :class:`RunSpec` names one run (method, seed, K, h, updates per real step, ensemble);
+:func:`run_all` executes a list of them, one process per core, and returns plain
+:class:`RunRecord` results. Every run depends on its spec and configs alone, so the results
+do not depend on how the runs were scheduled (a test holds parallel runs to serial ones).
+
+The chapter tunes before it reports: :func:`choose_k` picks the number of imagined updates K
+on ``tuning_seeds``, which the reported runs (``seeds``) never use, so the reported comparison
+is not flattered by a choice made on the same runs.
 """
 
 from __future__ import annotations
@@ -11,12 +15,15 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
+from scipy.stats import trim_mean
 from tqdm.auto import tqdm
 
 from wmbook.agents.dqn import DQNConfig, train_dqn
-from wmbook.agents.dyna import DynaConfig, train_dyna_dqn
+from wmbook.agents.dyna import DynaConfig, ModelCheck, train_dyna_dqn
+from wmbook.stats import REPS, steps_to_solve
 
 
 @dataclass(frozen=True)
@@ -24,13 +31,16 @@ class DynaChapter:
     """Chapter 3, Dyna-DQN against model-free DQN."""
 
     dqn: DQNConfig                    # every run's DQN half and evaluation protocol
-    dyna: DynaConfig                  # every Dyna run's model half (K and h set per run)
-    seeds: tuple[int, ...]
-    imagined_updates: tuple[int, ...]  # the K values compared (0 is plain DQN)
-    branch_k: int                     # K of the rollout-length comparison
+    dyna: DynaConfig                  # every Dyna run's model half (K, h, members set per run)
+    tuning_seeds: tuple[int, ...]     # runs that choose K; never reported
+    seeds: tuple[int, ...]            # the reported runs
+    imagined_updates: tuple[int, ...]  # the K values tried on the tuning seeds
     branch_length: int                # the longer rollout length h compared with h = 1
-    control_k: tuple[int, ...]        # Dyna's K values matched by model-free controls
+    ensemble_members: int             # members of the ensemble compared with one model
+    max_disagreement: float | None    # the ensemble's branches stop where members disagree more
     workers: int                      # runs side by side (one per CPU core)
+    exercise_steps: int               # real steps of the exercises' runs
+    bootstrap_reps: int               # resamples per confidence interval (wmbook.stats)
     check_headline: bool
 
 
@@ -38,17 +48,17 @@ PROFILES = {
     "full": DynaChapter(
         dqn=DQNConfig(total_steps=7_000, eval_every=500),
         dyna=DynaConfig(),
-        seeds=(0, 1, 2), imagined_updates=(0, 1, 5, 10), branch_k=5, branch_length=5,
-        control_k=(5, 10), workers=2,
-        check_headline=True),
+        tuning_seeds=(100, 101), seeds=(0, 1, 2, 3, 4), imagined_updates=(1, 5, 10),
+        branch_length=5, ensemble_members=3, max_disagreement=None, workers=2,
+        exercise_steps=2_000, bootstrap_reps=REPS, check_headline=True),
     "ci": DynaChapter(
-        dqn=DQNConfig(total_steps=1_200, learning_starts=300, eval_every=300, eval_episodes=3,
+        dqn=DQNConfig(total_steps=900, learning_starts=300, eval_every=300, eval_episodes=3,
                       exploration_steps=600, hidden_size=32, batch_size=32),
         dyna=DynaConfig(model_every=300, model_updates=20, model_hidden_size=32, model_layers=2),
-        seeds=(0, 1), imagined_updates=(0, 2), branch_k=2, branch_length=3, control_k=(2,),
-        workers=2, check_headline=False),
+        tuning_seeds=(100,), seeds=(0, 1), imagined_updates=(1, 2), branch_length=3,
+        ensemble_members=2, max_disagreement=None, workers=2, exercise_steps=500,
+        bootstrap_reps=500, check_headline=False),
 }
-
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,8 @@ class RunSpec:
     imagined_updates: int = 0      # K
     rollout_length: int = 1        # h
     updates_per_step: int = 1      # updates on real data per real step
+    ensemble_members: int = 1      # 1: a single world model
+    max_disagreement: float | None = None
 
 
 @dataclass
@@ -73,6 +85,19 @@ class RunRecord:
     gradient_updates: int
     imagined_transitions: int
     seconds: float
+    model_checks: list[ModelCheck] = field(default_factory=list)  # one per refit (Dyna only)
+
+    @property
+    def final_return(self) -> float:
+        """Mean greedy return at the last evaluation."""
+        return self.eval_returns[-1]
+
+    def kept_solved(self, threshold: float) -> float:
+        """Share of the evaluations after the first solve that still reach ``threshold``; NaN
+        when the run never solved or solved at its last evaluation."""
+        after = [ret for step, ret in zip(self.eval_steps, self.eval_returns)
+                 if self.solved_at is not None and step > self.solved_at]
+        return float(np.mean([ret >= threshold for ret in after])) if after else float("nan")
 
 
 def run_one(spec: RunSpec, dqn: DQNConfig, dyna: DynaConfig, threads: int = 1) -> RunRecord:
@@ -82,14 +107,16 @@ def run_one(spec: RunSpec, dqn: DQNConfig, dyna: DynaConfig, threads: int = 1) -
     torch.set_num_threads(threads)
     dqn = dataclasses.replace(dqn, seed=spec.seed, updates_per_step=spec.updates_per_step)
     if spec.imagined_updates == 0:
-        result, imagined = train_dqn(dqn, progress=False), 0
+        result, imagined, checks = train_dqn(dqn, progress=False), 0, []
     else:
         dyna = dataclasses.replace(dyna, imagined_updates=spec.imagined_updates,
-                                   rollout_length=spec.rollout_length)
+                                   rollout_length=spec.rollout_length,
+                                   ensemble_members=spec.ensemble_members,
+                                   max_disagreement=spec.max_disagreement)
         result, planner = train_dyna_dqn(dqn, dyna, progress=False)
-        imagined = planner.imagined
+        imagined, checks = planner.imagined, planner.checks
     return RunRecord(spec, result.eval_steps, result.eval_returns, result.solved_at,
-                     result.gradient_updates, imagined, result.seconds)
+                     result.gradient_updates, imagined, result.seconds, list(checks))
 
 
 def run_all(specs: list[RunSpec], dqn: DQNConfig, dyna: DynaConfig, workers: int = 2,
@@ -105,3 +132,43 @@ def run_all(specs: list[RunSpec], dqn: DQNConfig, dyna: DynaConfig, workers: int
         for future in tqdm(as_completed(futures), total=len(futures), desc="runs", disable=not progress):
             records[futures[future]] = future.result()
     return [records[spec] for spec in specs]
+
+
+def tuning_specs(config: DynaChapter, shift: int = 0) -> list[RunSpec]:
+    """One Dyna run per K candidate and tuning seed (seeds shifted by ``shift``)."""
+    return [RunSpec(f"Dyna K={k}", shift + s, imagined_updates=k)
+            for k in config.imagined_updates for s in config.tuning_seeds]
+
+
+def choose_k(records: list[RunRecord], budget: int) -> tuple[int, dict[int, float]]:
+    """The K whose runs reach the solved threshold in the fewest real steps by interquartile
+    mean (an unsolved run counts as ``budget``); on a tie, the smaller K, which leans less on
+    the model. Returns that K and the IQM of every K tried."""
+    by_k: dict[int, list[int | None]] = {}
+    for record in records:
+        if record.spec.imagined_updates <= 0:
+            raise ValueError(f"choose_k compares Dyna runs, got a model-free run {record.spec}")
+        by_k.setdefault(record.spec.imagined_updates, []).append(record.solved_at)
+    if not by_k:
+        raise ValueError("choose_k needs at least one Dyna run")
+    iqms = {}
+    for k, solved in by_k.items():
+        iqms[k] = float(trim_mean(steps_to_solve(solved, budget), 0.25))  # rliable's IQM
+    best = min(iqms, key=lambda k: (round(iqms[k], 6), k))
+    return best, iqms
+
+
+def reported_specs(config: DynaChapter, k: int, shift: int = 0) -> list[RunSpec]:
+    """The chapter's comparison at the chosen ``k`` on its reported seeds (shifted by ``shift``):
+    DQN, Dyna, the model-free control making as many updates, longer branches, an ensemble."""
+    seeds = [shift + s for s in config.seeds]
+    methods = [
+        dict(label="DQN"),
+        dict(label=f"Dyna K={k}", imagined_updates=k),
+        dict(label=f"DQN, {1 + k} updates/step", updates_per_step=1 + k),
+        dict(label=f"Dyna K={k}, h={config.branch_length}", imagined_updates=k,
+             rollout_length=config.branch_length),
+        dict(label=f"Dyna K={k}, ensemble of {config.ensemble_members}", imagined_updates=k,
+             ensemble_members=config.ensemble_members, max_disagreement=config.max_disagreement),
+    ]
+    return [RunSpec(seed=s, **method) for method in methods for s in seeds]

@@ -82,10 +82,43 @@ class DynamicsModel(MarkovWorldModel, nn.Module):
 
     @torch.no_grad()
     def fit_normalizers(self, data: Transitions) -> None:
-        """Set the input, change and reward statistics from training transitions."""
+        """Set the input, change and reward statistics from training transitions.
+
+        The weights are left as they are, so a trained model's predictions change: use
+        :meth:`update_normalizers` to move the statistics of a trained model.
+        """
         self.obs_norm.fit(data.obs)
         self.delta_norm.fit(data.next_obs - data.obs)
         self.reward_norm.fit(data.reward.unsqueeze(-1))
+
+    @torch.no_grad()
+    def update_normalizers(self, data: Transitions) -> None:
+        """Set the statistics from ``data`` *and* rescale the weights they feed or are read by,
+        so that every prediction in environment units stays what it was.
+
+        A warm-started model refitted on a grown buffer needs this: new statistics alone would
+        show its weights inputs and targets on another scale. With old statistics
+        ``(m0, s0)`` and new ``(m1, s1)``, the first layer sees ``z0 = (s1 z1 + m1 - m0) / s0``,
+        so its weights over the state columns are multiplied by ``s1 / s0`` and its bias takes
+        the shift; an output head read as ``m0 + s0 y0`` is rescaled so that
+        ``m1 + s1 y1`` is the same number (as PopArt does for value targets, van Hasselt
+        et al., 2016). The done head reads no statistics and is left alone.
+        """
+        obs_dim = self.config.obs_dim
+        first = self.trunk[0]
+        old_mean, old_std = self.obs_norm.mean.clone(), self.obs_norm.std.clone()
+        self.obs_norm.fit(data.obs)
+        new_mean, new_std = self.obs_norm.mean, self.obs_norm.std
+        state_columns = first.weight[:, :obs_dim]
+        first.bias.add_(state_columns @ ((new_mean - old_mean) / old_std))
+        state_columns.mul_((new_std / old_std)[None, :])
+
+        for norm, head, values in ((self.delta_norm, self.next_state_head, data.next_obs - data.obs),
+                                   (self.reward_norm, self.reward_head, data.reward.unsqueeze(-1))):
+            old_mean, old_std = norm.mean.clone(), norm.std.clone()
+            norm.fit(values)
+            head.weight.mul_((old_std / norm.std)[:, None])
+            head.bias.copy_((old_std * head.bias + old_mean - norm.mean) / norm.std)
 
     def _check(self, obs: torch.Tensor, action: torch.Tensor) -> None:
         obs_dim = self.config.obs_dim
@@ -288,6 +321,7 @@ def train_dynamics(
     device: torch.device | str = "cpu",
     progress: bool = True,
     checkpoint_path: str | Path | None = None,
+    fit_normalizers: bool = True,
 ) -> TrainHistory:
     """Fit ``model`` to ``train`` by minibatch gradient descent, early-stopping on ``val``.
 
@@ -303,8 +337,14 @@ def train_dynamics(
     On ``device`` the data sets are copied once, through pinned memory on CUDA; see
     :class:`TrainConfig` for ``mixed_precision``.
 
+    ``fit_normalizers``: set the model's statistics from ``train`` before the first update (a
+    fresh model needs it). Pass ``False`` to keep the statistics the model has, e.g. a
+    warm-started model whose statistics :meth:`DynamicsModel.update_normalizers` has moved.
+
     Returns the :class:`TrainHistory`; ``model`` ends with the weights that scored best on
     ``val``: those of the best epoch, or the starting weights if no epoch improved on them.
+    For that choice to be fair to a warm-started model, ``val`` must hold no transition its
+    earlier training saw (a split that stays fixed as the data grow).
     """
     config = config or TrainConfig()
     check_transitions(train, model.config, "train")
@@ -336,7 +376,8 @@ def train_dynamics(
         if state["done"]:
             start_epoch = config.epochs  # already finished: only restore the best weights
     else:
-        model.fit_normalizers(train)
+        if fit_normalizers:
+            model.fit_normalizers(train)
         # the starting weights compete too: a warm-started model may already be the best
         history.initial_val = history.best_val = _mean_losses(model, val)["total"]
         best_state = copy.deepcopy(model.state_dict())

@@ -51,6 +51,10 @@ class DynamicsEnsemble(MarkovWorldModel, nn.Module):
         return Prediction(members.next_obs.mean(0), members.reward.mean(0),
                           members.done_prob.mean(0), disagreement)
 
+    def sampled(self, generator: torch.Generator) -> "SampledMember":
+        """This ensemble seen as a world model that draws one member per row at every step."""
+        return SampledMember(self, generator)
+
     def save(self, path: str | Path) -> Path:
         """Write config, member count and every member's weights to ``path``, atomically."""
         return save_checkpoint(path, "DynamicsEnsemble", {
@@ -70,13 +74,41 @@ class DynamicsEnsemble(MarkovWorldModel, nn.Module):
         return ensemble.to(map_location)
 
 
+class SampledMember(MarkovWorldModel):
+    """An ensemble that answers each query with one member, drawn at random per row and per
+    call, as MBPO's rollouts do (Janner et al., 2019): a trajectory then mixes the members'
+    errors instead of following their smoothed mean. ``predict`` still reports the members'
+    disagreement ``(B,)``, so a rollout can stop where they disagree.
+    """
+
+    def __init__(self, ensemble: DynamicsEnsemble, generator: torch.Generator):
+        self.ensemble, self.config, self.generator = ensemble, ensemble.config, generator
+
+    def parameters(self):
+        return self.ensemble.parameters()
+
+    def predict(self, obs: torch.Tensor, action: torch.Tensor) -> Prediction:
+        """One member's prediction per row; shapes as :meth:`DynamicsEnsemble.predict`."""
+        members = self.ensemble.predict_members(obs, action)
+        n_members, batch = members.reward.shape
+        pick = to_device(torch.randint(n_members, (batch,), generator=self.generator,
+                                       device=self.generator.device), obs.device)
+        rows = torch.arange(batch, device=obs.device)
+        change_std = torch.stack([m.delta_norm.std for m in self.ensemble.members]).mean(0)
+        disagreement = (members.next_obs.std(0) / change_std).mean(-1)
+        return Prediction(members.next_obs[pick, rows], members.reward[pick, rows],
+                          members.done_prob[pick, rows], disagreement)
+
+
 def train_ensemble(ensemble: DynamicsEnsemble, train: Transitions, val: Transitions,
                    config: TrainConfig | None = None, device: torch.device | str = "cpu",
-                   progress: bool = True) -> list[TrainHistory]:
+                   progress: bool = True, fit_normalizers: bool = True) -> list[TrainHistory]:
     """Train each member with :func:`train_dynamics` on a bootstrap resample of ``train``
     (drawn with replacement, seeded by ``config.seed`` and the member's index).
 
     The data go to ``device`` once, not once per member: each resample is gathered there.
+    ``fit_normalizers`` is passed on to :func:`train_dynamics`: ``False`` keeps each member's
+    statistics (warm starts, see :meth:`DynamicsModel.update_normalizers`).
     """
     config = config or TrainConfig()
     device = torch.device(device)
@@ -86,7 +118,10 @@ def train_ensemble(ensemble: DynamicsEnsemble, train: Transitions, val: Transiti
         resample = torch.Generator().manual_seed(config.seed * 1000 + index)
         rows = to_device(torch.randint(len(train), (len(train),), generator=resample), device)
         member_config = dataclasses.replace(config, seed=config.seed * 1000 + index)
+        # the switch is passed only when it is off, so a stand-in for train_dynamics with the
+        # older signature (as tests use) still works for fresh ensembles
+        keep = {} if fit_normalizers else {"fit_normalizers": False}
         histories.append(train_dynamics(member, train.index(rows), val, member_config,
-                                        device=device, progress=progress))
+                                        device=device, progress=progress, **keep))
     ensemble.eval()
     return histories
