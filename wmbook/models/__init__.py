@@ -31,10 +31,22 @@ from wmbook.models.dynamics import (
 )
 from wmbook.models.ensemble import DynamicsEnsemble, train_ensemble
 from wmbook.models.layers import Normalizer, mlp
+from wmbook.models.rssm import RSSM, RSSMConfig, RSSMState, TwoHot, symexp, symlog
+from wmbook.models.mdn_rnn import MDNRNN, MDNRNNConfig, VisionMemoryModel, mdn_nll, sample_mdn, train_mdn_rnn
+from wmbook.models.vae import ConvVAE, VAEConfig, train_vae
 from wmbook.models.surgical import (SurgicalTrainConfig, SurgicalWorldModel,
                                     SurgicalWorldModelConfig, sample_triplets)
 
 __all__ = [
+    "ConvVAE",
+    "MDNRNN",
+    "MDNRNNConfig",
+    "VAEConfig",
+    "VisionMemoryModel",
+    "mdn_nll",
+    "sample_mdn",
+    "train_mdn_rnn",
+    "train_vae",
     "DecodingWorldModel",
     "DynamicsConfig",
     "DynamicsEnsemble",
@@ -44,6 +56,10 @@ __all__ = [
     "MarkovWorldModel",
     "Normalizer",
     "PredictAdapter",
+    "RSSM",
+    "RSSMConfig",
+    "RSSMState",
+    "TwoHot",
     "Prediction",
     "Step",
     "TrainConfig",
@@ -62,6 +78,8 @@ __all__ = [
     "mlp",
     "multistep_loss",
     "reset_first",
+    "symexp",
+    "symlog",
     "sample_triplets",
     "SurgicalTrainConfig",
     "SurgicalWorldModel",

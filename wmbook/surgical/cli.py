@@ -6,6 +6,10 @@
     python -m wmbook surgical train --config ... --mode eval --world_model PATH
     python -m wmbook surgical evaluate --config ... --world_model PATH [--no-truth]
     python -m wmbook surgical report --config ...
+    python -m wmbook surgical tdmpc --config ... --mode train --world_model PATH --policy PATH
+    python -m wmbook surgical tdmpc --config ... --mode eval --world_model PATH --policy PATH
+    python -m wmbook surgical iql|ppo ...   (the same options: the offline baseline, PPO in the model)
+    python -m wmbook surgical compare --config ... --world_model PATH [--results F --markdown F]
 
 ``--config`` is optional everywhere (the defaults are those of
 ``configs/surgical_world_model.yaml``); ``--data``, ``--out``, ``--steps`` and ``--seed``
@@ -60,6 +64,33 @@ def _parser() -> argparse.ArgumentParser:
                          help="trained world model checkpoint (for evaluation)")
         sub.add_argument("--results", help="JSON file for the results (default: print only)")
         sub.add_argument("--no-truth", action="store_true", help="skip the simulator outcomes")
+
+    for name, text in (("tdmpc", "train (--mode train) or evaluate (--mode eval) the surgical TD-MPC planner"),
+                       ("iql", "train or evaluate the offline baseline (implicit Q-learning)"),
+                       ("ppo", "train or evaluate PPO in the world model")):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("--config", help="YAML configuration (default: the built-in defaults)")
+        sub.add_argument("--mode", choices=("train", "eval"), default="train")
+        sub.add_argument("--data", help="data set folder (default: data.root of the configuration)")
+        sub.add_argument("--world_model", "--world-model", dest="world_model", required=True,
+                         help="trained world model checkpoint")
+        sub.add_argument("--policy", required=True,
+                         help="policy checkpoint to write (train; resumed if unfinished) or read (eval)")
+        sub.add_argument("--steps", type=int, help="training steps (PPO: imagined steps)")
+        sub.add_argument("--seed", type=int, help="seed of the policy")
+        sub.add_argument("--safety", action="store_true", help="PPO: predicted risk as a Lagrangian constraint")
+        sub.add_argument("--map-stride", type=int, default=1, help="score every k-th test frame's anticipation")
+        sub.add_argument("--results", help="JSON file for the evaluation (default: print only)")
+        sub.add_argument("--no-truth", action="store_true", help="skip the simulator outcomes")
+
+    cmp = commands.add_parser("compare", help="train every policy against a world model; mAP and truth tables")
+    cmp.add_argument("--config", help="YAML configuration (default: the built-in defaults)")
+    cmp.add_argument("--data", help="data set folder (default: data.root of the configuration)")
+    cmp.add_argument("--world_model", "--world-model", dest="world_model", required=True)
+    cmp.add_argument("--ppo-steps", type=int, default=12_000, help="imagined steps of each PPO run")
+    cmp.add_argument("--offline-steps", type=int, default=1500, help="TD-MPC and IQL training steps")
+    cmp.add_argument("--results", help="JSON file for the results")
+    cmp.add_argument("--markdown", help="also write the tables to this markdown file")
 
     rep = commands.add_parser("report", help="the whole experiment: data, both world models, every table")
     rep.add_argument("--config", help="YAML configuration (default: the built-in defaults)")
@@ -122,6 +153,23 @@ def _run(args) -> int:
     from wmbook.surgical.data import load_dataset
 
     dataset = load_dataset(config.data.root)
+    if args.command in ("tdmpc", "iql", "ppo"):
+        return _policy_command(args, config, dataset)
+    if args.command == "compare":
+        from wmbook.checkpoint import atomic_write, write_json
+        from wmbook.surgical import policies as P
+
+        model = load_world_model(args.world_model)
+        settings = P.CompareSettings(ppo_steps=args.ppo_steps, offline_steps=args.offline_steps)
+        results = P.compare_policies(config, dataset, model, settings, progress=True)
+        text = P.format_comparison(results)
+        print(text)
+        if args.results:
+            write_json(args.results, results)
+        if args.markdown:
+            with atomic_write(args.markdown, "w") as handle:
+                handle.write(text + "\n")
+        return 0
     if args.command == "train" and args.mode == "train":
         out = args.out or config.output.world_model
         _, info = X.train(config, dataset, dual_path=not args.no_dual_path, out=out, progress=True)
@@ -137,6 +185,41 @@ def _run(args) -> int:
                          f"the data at {config.data.root} has {dataset.embedding_dim}")
     results = X.evaluate(config, dataset, model, truth=not args.no_truth, progress=True)
     print(X.format_report({"dual_path": results}))
+    if args.results:
+        from wmbook.checkpoint import write_json
+        write_json(args.results, results)
+    return 0
+
+
+def _policy_command(args, config, dataset) -> int:
+    from wmbook.models.surgical import load_world_model
+    from wmbook.surgical import policies as P
+
+    model = load_world_model(args.world_model)
+    if model.config.embedding_dim != dataset.embedding_dim:
+        raise ValueError(f"{args.world_model} was trained on {model.config.embedding_dim}-d embeddings, "
+                         f"the data at {config.data.root} has {dataset.embedding_dim}")
+    overrides: dict = {}
+    if args.steps is not None:
+        overrides["total_timesteps" if args.command == "ppo" else "steps"] = args.steps
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    if args.safety:
+        if args.command != "ppo":
+            raise ValueError("--safety applies to ppo (TD-MPC's planner takes its risk budget from its settings)")
+        overrides["safety"] = True
+    if args.mode == "train":
+        info = P.train_policy(args.command, model, dataset.train, args.policy, overrides, progress=True)
+        verb = "finished already, reused" if "seconds" not in info else \
+            f"{'resumed and ' if info['resumed'] else ''}trained in {info['seconds']:.0f} s and saved"
+        print(f"{args.command} policy {verb}: {args.policy}")
+        return 0
+    results = P.evaluate_policy(args.command, model, dataset, args.policy, config, truth=not args.no_truth,
+                                map_stride=args.map_stride, progress=True)
+    from wmbook.surgical.experiment import format_map_table
+    print(format_map_table(results["map"], f"{args.command} mAP (%)"))
+    if "truth" in results:
+        print(" ".join(f"{key} {value:.2f}" for key, value in results["truth"].items()))
     if args.results:
         from wmbook.checkpoint import write_json
         write_json(args.results, results)

@@ -1,0 +1,607 @@
+"""Dreamer (Hafner et al., 2020; 2021; 2023): an RSSM world model and an actor-critic trained on
+its imagined trajectories, in one readable loop.
+
+Every real step the agent filters its observation into the RSSM's posterior and acts from it;
+the step goes into a :class:`~wmbook.buffers.SequenceBuffer`. ``replay_ratio`` gradient updates
+per real step (on average) then train, each in the seven steps of the chapter:
+
+1. collect: real steps with the current policy (random before ``prefill``) into the buffer;
+2. encode and filter: a batch of chunks, ``e_t = enc(o_t)`` and the posterior ``q(z_t | h_t, e_t)``;
+3. sequence model: ``h_t = GRU(h_{t-1}, z_{t-1}, a_{t-1})`` along each chunk;
+4. decode and predict: ``o_hat_t``, ``r_hat_t``, ``c_hat_t`` from ``(h_t, z_t)``;
+5. the losses: reconstruction, reward, continuation, KL (balanced, with free bits);
+6. their weighted sum, the world-model loss;
+7. one optimiser step on the world model;
+
+then imagination from every posterior state of the batch (:func:`wmbook.rollout.imagine`),
+lambda-returns, and one update of the actor and of the critic. Steps 2-6 live in
+:meth:`~wmbook.models.rssm.RSSM.loss`; the rest reads top to bottom in :meth:`Dreamer.update`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from wmbook.agents.dqn import evaluation_seed
+from wmbook.buffers import SequenceBatch, SequenceBuffer
+from wmbook.checkpoint import load_checkpoint, save_checkpoint, write_json
+from wmbook.device import pick_device, to_device
+from wmbook.envs import make_env
+from wmbook.models.base import latent_detach
+from wmbook.models.rssm import RSSM, RSSMConfig, RSSMState, TwoHot, block, zero_init
+from wmbook.rollout import imagine
+
+CHECKPOINT_KIND = "Dreamer"
+
+
+@dataclass(frozen=True)
+class DreamerConfig:
+    """Every setting of a Dreamer run, the evaluation protocol of Chapter 3 included.
+
+    The robustness switches (``discrete`` ... ``slow_critic``) are DreamerV3's pieces, each on
+    by default; Chapter 5 switches them off one at a time.
+    """
+
+    env_id: str = "CartPole-v1"
+    seed: int = 0
+    total_steps: int = 20_000        # real environment steps
+    prefill: int = 1_000             # random real steps before the first update
+    replay_ratio: float = 0.25       # gradient updates per real step (one per 4 steps at 0.25)
+    batch_size: int = 16             # chunks per update
+    seq_len: int = 16                # steps per chunk
+    buffer_size: int = 100_000       # time steps kept
+    # world model
+    deter: int = 64
+    stoch: int = 8
+    classes: int = 8
+    hidden: int = 64
+    layers: int = 1
+    model_lr: float = 1e-3
+    # actor-critic
+    horizon: int = 15                # imagined steps per start state
+    imagine_starts: int = 128        # posterior states that start imagination (0: all B x T)
+    bins: int = 41                   # two-hot bins of the reward and critic heads (V3: 255)
+    gamma: float = 0.99
+    lam: float = 0.95
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    entropy: float = 3e-3            # entropy bonus (returns are normalised, so it is in units of S)
+    ac_hidden: int = 64
+    grad_clip: float = 100.0
+    return_percentiles: tuple[float, float] = (0.05, 0.95)
+    return_decay: float = 0.99       # EMA of the return range S
+    slow_critic_rate: float = 0.02   # slow critic <- (1 - rate) slow + rate critic, every update
+    # robustness switches (DreamerV3), all on by default
+    discrete: bool = True            # categorical latents, straight-through, with unimix
+    unimix: float = 0.01             # uniform mix in latent and policy probabilities
+    symlog_obs: bool = True
+    twohot: bool = True              # two-hot reward and critic heads
+    kl_balance: bool = True
+    free_bits: float = 1.0
+    return_norm: bool = True         # divide advantages by max(1, S)
+    lambda_returns: bool = True      # off: one-step targets r + gamma c V(s')
+    slow_critic: bool = True         # bootstrap from a slowly moving copy of the critic
+    # evaluation (Chapter 3's protocol) and bookkeeping
+    eval_every: int = 1_000
+    eval_episodes: int = 10
+    solved_return: float = 475.0
+    stop_when_solved: bool = False
+    checkpoint_every: int = 2_000    # real steps between checkpoints (at episode ends)
+
+    def model_config(self, obs_dim: int, action_dim: int, discrete_actions: bool = True) -> RSSMConfig:
+        return RSSMConfig(
+            obs_dim=obs_dim, action_dim=action_dim, discrete_actions=discrete_actions,
+            deter=self.deter, stoch=self.stoch, classes=self.classes, hidden=self.hidden,
+            layers=self.layers, discrete=self.discrete, unimix=self.unimix if self.discrete else 0.0,
+            symlog_obs=self.symlog_obs, twohot_reward=self.twohot, kl_balance=self.kl_balance,
+            free_bits=self.free_bits, reward_bins=self.bins)
+
+    def check(self) -> None:
+        """Raise a ``ValueError`` naming the first impossible setting."""
+        positive = ("total_steps", "batch_size", "seq_len", "buffer_size", "horizon", "eval_every",
+                    "eval_episodes", "checkpoint_every", "deter", "stoch", "classes", "hidden")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.replay_ratio < 0 or self.prefill < 0:
+            raise ValueError(f"replay_ratio and prefill must be non-negative, got {self.replay_ratio}, {self.prefill}")
+        if not (0 < self.gamma <= 1 and 0 <= self.lam <= 1):
+            raise ValueError(f"need 0 < gamma <= 1 and 0 <= lam <= 1, got {self.gamma}, {self.lam}")
+
+
+# -- small pieces ---------------------------------------------------------------------------
+
+
+def lambda_returns(rewards: torch.Tensor, values: torch.Tensor, continues: torch.Tensor,
+                   gamma: float, lam: float) -> torch.Tensor:
+    """Lambda-returns ``(B, H)`` of imagined trajectories.
+
+    ``rewards`` ``(B, H)``: reward of step ``t -> t+1``; ``continues`` ``(B, H)``: probability
+    that state ``t+1`` is not terminal; ``values`` ``(B, H + 1)``: ``V(s_t)``. Backwards from
+    ``R_H = V(s_H)``: ``R_t = r_t + gamma c_t ((1 - lam) V(s_{t+1}) + lam R_{t+1})``, a blend of
+    n-step returns that is ``lam = 0``: one-step TD targets, ``lam = 1``: the Monte-Carlo return
+    bootstrapped at the horizon.
+    """
+    if rewards.shape != continues.shape or values.shape != (*rewards.shape[:-1], rewards.shape[-1] + 1):
+        raise ValueError(f"need rewards and continues (B, H) and values (B, H + 1), got "
+                         f"{tuple(rewards.shape)}, {tuple(continues.shape)}, {tuple(values.shape)}")
+    returns = []
+    last = values[:, -1]
+    for t in reversed(range(rewards.shape[1])):
+        last = rewards[:, t] + gamma * continues[:, t] * ((1 - lam) * values[:, t + 1] + lam * last)
+        returns.append(last)
+    return torch.stack(returns[::-1], 1)
+
+
+class ReturnScale(nn.Module):
+    """DreamerV3's return normalisation: ``S``, an EMA of the 5th-95th percentile range of the
+    lambda-returns; advantages are divided by ``max(1, S)``, so large returns are scaled down
+    while small ones (sparse rewards) are not blown up."""
+
+    def __init__(self, low: float = 0.05, high: float = 0.95, decay: float = 0.99):
+        super().__init__()
+        if not 0 <= low < high <= 1:
+            raise ValueError(f"percentiles must satisfy 0 <= low < high <= 1, got {low}, {high}")
+        self.low, self.high, self.decay = low, high, decay
+        self.register_buffer("range", torch.zeros(()))
+        self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
+
+    @torch.no_grad()
+    def update(self, returns: torch.Tensor) -> torch.Tensor:
+        """Fold the percentile range of ``returns`` (any shape) into ``S``; returns ``max(1, S)``."""
+        flat = returns.detach().float().flatten()
+        spread = torch.quantile(flat, self.high) - torch.quantile(flat, self.low)
+        if bool(self.initialised):
+            self.range.mul_(self.decay).add_((1 - self.decay) * spread)
+        else:
+            self.range.copy_(spread)
+            self.initialised.fill_(True)
+        return self.scale()
+
+    def scale(self) -> torch.Tensor:
+        return self.range.clamp(min=1.0)
+
+
+class Actor(nn.Module):
+    """``pi(a_t | h_t, z_t)``: categorical logits ``(B, n_actions)`` with a uniform mix."""
+
+    def __init__(self, feature_size: int, n_actions: int, hidden: int, unimix: float):
+        super().__init__()
+        self.net = nn.Sequential(block(feature_size, hidden, 2), nn.Linear(hidden, n_actions))
+        self.unimix = unimix
+
+    def log_probs(self, feat: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities ``(..., n_actions)``."""
+        logits = self.net(feat)
+        if self.unimix > 0:
+            probs = (1 - self.unimix) * logits.softmax(-1) + self.unimix / logits.shape[-1]
+            return probs.log()
+        return logits.log_softmax(-1)
+
+    def sample(self, feat: torch.Tensor) -> torch.Tensor:
+        """Actions ``(B,)`` drawn from the policy (torch's global generator)."""
+        return torch.multinomial(self.log_probs(feat).exp(), 1).squeeze(-1)
+
+    def greedy(self, feat: torch.Tensor) -> torch.Tensor:
+        return self.net(feat).argmax(-1)
+
+
+class Critic(nn.Module):
+    """``V(h_t, z_t)``: a two-hot distribution over symlog bins, or a plain scalar."""
+
+    def __init__(self, feature_size: int, hidden: int, twohot: bool, bins: int = 255):
+        super().__init__()
+        self.twohot = TwoHot(bins) if twohot else None
+        self.net = nn.Sequential(block(feature_size, hidden, 2),
+                                 zero_init(nn.Linear(hidden, bins if twohot else 1)))
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        """The value ``(...)``."""
+        out = self.net(feat)
+        return self.twohot.decode(out) if self.twohot is not None else out.squeeze(-1)
+
+    def loss(self, feat: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-state loss ``(...)`` against ``target`` ``(...)``."""
+        out = self.net(feat)
+        if self.twohot is not None:
+            return self.twohot.loss(out, target)
+        return 0.5 * (out.squeeze(-1) - target) ** 2
+
+
+# -- the agent ------------------------------------------------------------------------------
+
+
+class Dreamer(nn.Module):
+    """The world model, the actor, the critic and its slow copy, with their optimisers."""
+
+    def __init__(self, obs_dim: int, n_actions: int, config: DreamerConfig, device: torch.device | str = "cpu"):
+        super().__init__()
+        self.config, self.n_actions = config, n_actions
+        self.world_model = RSSM(config.model_config(obs_dim, n_actions))
+        feat = self.world_model.config.feature_size
+        self.actor = Actor(feat, n_actions, config.ac_hidden, config.unimix)
+        self.critic = Critic(feat, config.ac_hidden, config.twohot, config.bins)
+        self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        self.return_scale = ReturnScale(*config.return_percentiles, config.return_decay)
+        self.to(device)
+        self.device = torch.device(device)
+        fused = self.device.type in ("cpu", "cuda")
+        self.model_opt = torch.optim.Adam(self.world_model.parameters(), config.model_lr, eps=1e-6, fused=fused)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), config.actor_lr, eps=1e-6, fused=fused)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), config.critic_lr, eps=1e-6, fused=fused)
+        self.updates = 0
+
+    def optimisers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"model": self.model_opt, "actor": self.actor_opt, "critic": self.critic_opt}
+
+    @torch.no_grad()
+    def act(self, latent: RSSMState | None, action: torch.Tensor | None, obs: torch.Tensor,
+            is_first: torch.Tensor, greedy: bool = False) -> tuple[torch.Tensor, RSSMState]:
+        """Filter ``obs`` ``(B, obs_dim)`` into the latent and choose actions ``(B,)``.
+
+        Greedy acting takes the posterior's mode and the most likely action, so it draws no
+        random numbers; otherwise both are sampled.
+        """
+        if latent is None:
+            latent = self.world_model.initial_state(obs.shape[0], self.device)
+        latent = self.world_model.observe(latent, action, obs, is_first, sample=not greedy)
+        feat = self.world_model.features(latent)
+        return (self.actor.greedy(feat) if greedy else self.actor.sample(feat)), latent
+
+    def _step(self, optimiser: torch.optim.Optimizer, loss: torch.Tensor, params) -> None:
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+        optimiser.step()
+
+    def update(self, batch: SequenceBatch, env_step: int = -1) -> dict[str, float]:
+        """One world-model update (steps 2-7), then imagination and one actor-critic update.
+
+        ``batch`` holds chunks ``(B, T, ...)`` on the agent's device. Returns the losses as
+        floats; a non-finite world-model loss raises ``FloatingPointError`` naming the step.
+        """
+        c, wm = self.config, self.world_model
+        # -- steps 2-6: encode and filter, sequence model, decode and predict, losses, sum
+        losses, posteriors = wm.loss(batch.float_obs(), batch.action, batch.reward, batch.terminated,
+                                     batch.is_first)
+        if not torch.isfinite(losses.total):
+            parts = ", ".join(f"{k} {v:.4g}" for k, v in losses.as_floats().items())
+            raise FloatingPointError(f"world-model loss is not finite at environment step {env_step} "
+                                     f"(update {self.updates + 1}): {parts}")
+        # -- step 7: optimise encoder, GRU, prior, posterior, decoder and predictors
+        self._step(self.model_opt, losses.total, wm.parameters())
+
+        # -- imagination: every posterior state of the batch starts a trajectory
+        start = latent_detach(RSSMState(posteriors.h.flatten(0, 1), posteriors.z.flatten(0, 1)))
+        if 0 < c.imagine_starts < start.h.shape[0]:  # a random subset, to save compute
+            keep = torch.randperm(start.h.shape[0], device=start.h.device)[:c.imagine_starts]
+            start = RSSMState(start.h[keep], start.z[keep])
+        wm.requires_grad_(False)  # the actor-critic update must not train the world model
+        rollout = imagine(wm, None, c.horizon, policy=self.actor.sample, start_latent=start)
+        wm.requires_grad_(True)
+        feat = rollout.features.detach()                    # (N, H + 1, F)
+        with torch.no_grad():
+            start_cont = wm.continuation(feat[:, 0])
+            # the weight of state t: the probability that the trajectory reaches it
+            reach = torch.cumprod(torch.cat([start_cont[:, None], rollout.continuations[:, :-1]], 1), 1)
+            bootstrap = (self.slow_critic if c.slow_critic else self.critic)(feat)  # (N, H + 1)
+            lam = c.lam if c.lambda_returns else 0.0
+            returns = lambda_returns(rollout.rewards, bootstrap, rollout.continuations, c.gamma, lam)
+            scale = self.return_scale.update(returns) if c.return_norm else torch.ones(())
+            advantage = (returns - self.critic(feat[:, :-1])) / scale
+
+        # -- actor: REINFORCE on imagined actions, with an entropy bonus
+        log_probs = self.actor.log_probs(feat[:, :-1])      # (N, H, n_actions)
+        taken = log_probs.gather(-1, rollout.actions.long().unsqueeze(-1)).squeeze(-1)
+        entropy = -(log_probs.exp() * log_probs).sum(-1)
+        actor_loss = -(reach * (taken * advantage + c.entropy * entropy)).mean()
+        self._step(self.actor_opt, actor_loss, self.actor.parameters())
+
+        # -- critic: regress the lambda-returns; the slow critic trails it
+        critic_loss = (reach * self.critic.loss(feat[:, :-1], returns)).mean()
+        self._step(self.critic_opt, critic_loss, self.critic.parameters())
+        with torch.no_grad():
+            torch._foreach_lerp_(list(self.slow_critic.parameters()), list(self.critic.parameters()),
+                                 c.slow_critic_rate)
+        self.updates += 1
+        return {**losses.as_floats(), "actor": float(actor_loss.detach()), "critic": float(critic_loss.detach()),
+                "entropy": float(entropy.detach().mean()), "return_scale": float(scale),
+                "imagined_return": float(returns[:, 0].mean())}
+
+
+# -- evaluation -------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate_dreamer(agent: Dreamer, env_id: str = "CartPole-v1", episodes: int = 10, seed: int = 0) -> np.ndarray:
+    """Returns of ``episodes`` greedy episodes run side by side, episode ``i`` from
+    ``reset(seed=seed + i)``: Chapter 3's protocol, with the recurrent state carried per row."""
+    envs = [gym.make(env_id) for _ in range(episodes)]
+    obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]).astype(np.float32)
+    returns, running = np.zeros(episodes), np.ones(episodes, dtype=bool)
+    latent, action = None, None
+    is_first = torch.ones(episodes, dtype=torch.bool, device=agent.device)
+    while running.any():
+        obs_t = to_device(torch.as_tensor(obs), agent.device)
+        action, latent = agent.act(latent, action, obs_t, is_first, greedy=True)
+        is_first = torch.zeros_like(is_first)
+        chosen = action.cpu().numpy()
+        for i in np.flatnonzero(running):
+            obs[i], reward, terminated, truncated, _ = envs[i].step(int(chosen[i]))
+            returns[i] += reward
+            running[i] = not (terminated or truncated)
+    for env in envs:
+        env.close()
+    return returns
+
+
+# -- the training loop --------------------------------------------------------------------------
+
+
+@dataclass
+class DreamerResult:
+    """What a run produced: the agent, its buffer, the evaluation curve and the loss history."""
+
+    agent: Dreamer
+    buffer: SequenceBuffer
+    eval_steps: list[int] = field(default_factory=list)
+    eval_returns: list[float] = field(default_factory=list)
+    episode_returns: list[float] = field(default_factory=list)
+    history: dict[str, list[float]] = field(default_factory=dict)  # per update, plus "env_step"
+    solved_at: int | None = None
+    seconds: float = 0.0
+    env_steps: int = 0
+
+    @property
+    def gradient_updates(self) -> int:
+        return self.agent.updates
+
+    @property
+    def imagined_steps(self) -> int:
+        """Imagined transitions used by the actor-critic: starts x horizon per update."""
+        c = self.agent.config
+        starts = c.batch_size * c.seq_len
+        starts = min(starts, c.imagine_starts) if c.imagine_starts > 0 else starts
+        return self.agent.updates * starts * c.horizon
+
+
+def _rng_state(generator: np.random.Generator) -> dict:
+    return generator.bit_generator.state
+
+
+def _buffer_bytes(buffer: SequenceBuffer) -> torch.Tensor:
+    with tempfile.TemporaryDirectory() as folder:
+        path = buffer.save(Path(folder) / "buffer.npz")
+        return torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+
+
+def _buffer_from_bytes(data: torch.Tensor) -> SequenceBuffer:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "buffer.npz"
+        path.write_bytes(data.cpu().numpy().tobytes())
+        return SequenceBuffer.load(path)
+
+
+def save_dreamer(path: str | Path, result: DreamerResult, state: dict) -> Path:
+    """One atomic checkpoint holding everything a resumed run needs to continue exactly:
+    weights, optimisers, buffer, counters, curves and every generator's state."""
+    agent = result.agent
+    payload = {
+        "config": dataclasses.asdict(agent.config),
+        "agent": agent.state_dict(),
+        "optimisers": {name: opt.state_dict() for name, opt in agent.optimisers().items()},
+        "updates": agent.updates,
+        "buffer": _buffer_bytes(result.buffer),
+        "eval_steps": result.eval_steps, "eval_returns": result.eval_returns,
+        "episode_returns": result.episode_returns, "history": result.history,
+        "solved_at": result.solved_at, "seconds": result.seconds,
+        "torch_rng": torch.get_rng_state(),
+        **state,
+    }
+    if torch.cuda.is_available():
+        payload["cuda_rng"] = torch.cuda.get_rng_state_all()
+    return save_checkpoint(path, CHECKPOINT_KIND, payload)
+
+
+def _config_from(data: dict) -> DreamerConfig:
+    known = {f.name for f in dataclasses.fields(DreamerConfig)}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"checkpoint config has unknown keys {sorted(unknown)}")
+    data = dict(data)
+    data["return_percentiles"] = tuple(data["return_percentiles"])
+    return DreamerConfig(**data)
+
+
+def train_dreamer(config: DreamerConfig, device: torch.device | str = "cpu", progress: bool = True,
+                  checkpoint: str | Path | None = None, resume: str | Path | None = None,
+                  stop_at: int | None = None) -> DreamerResult:
+    """Train Dreamer on ``config.env_id`` for ``config.total_steps`` real steps.
+
+    The greedy policy is evaluated every ``eval_every`` real steps (Chapter 3's protocol).
+    With ``checkpoint``, the run is saved there atomically at the first episode end after every
+    ``checkpoint_every`` steps and at the end; ``resume`` continues a saved run (its own config;
+    ``config.total_steps`` may extend it) to exactly the result the run would have reached
+    uninterrupted. ``stop_at`` ends the run at the first checkpoint at or after that step, as
+    an interruption would.
+    """
+    config.check()
+    device = torch.device(device)
+    started = time.perf_counter()
+    env = make_env(config.env_id, seed=config.seed)
+    if not isinstance(env.action_space, gym.spaces.Discrete):
+        raise TypeError(f"this Dreamer needs a discrete action space, {config.env_id} has {env.action_space}")
+    if len(env.observation_space.shape) != 1:
+        raise TypeError(f"this Dreamer reads vector observations, {config.env_id} gives {env.observation_space.shape}")
+    obs_dim, n_actions = env.observation_space.shape[0], int(env.action_space.n)
+
+    saved = None
+    if resume is not None:
+        saved = load_checkpoint(resume, CHECKPOINT_KIND, map_location=device)
+        config = dataclasses.replace(_config_from(saved["config"]), total_steps=config.total_steps)
+    with torch.random.fork_rng(devices=[]):  # the initial weights depend on config.seed alone
+        torch.manual_seed(config.seed)
+        agent = Dreamer(obs_dim, n_actions, config, device)
+    torch.manual_seed(config.seed + 1)  # sampling during collection and imagination
+    buffer = SequenceBuffer.for_spaces(env.observation_space, env.action_space, config.buffer_size, seed=config.seed)
+    result = DreamerResult(agent, buffer)
+    rng = np.random.default_rng(config.seed)
+    step, credit, last_checkpoint = 0, 0.0, 0
+    if saved is None:
+        obs, _ = env.reset(seed=config.seed)
+    else:  # restore everything, then reset the environment from its saved generator
+        agent.load_state_dict(saved["agent"])
+        for name, opt in agent.optimisers().items():
+            opt.load_state_dict(saved["optimisers"][name])
+        agent.updates = saved["updates"]
+        result.buffer = buffer = _buffer_from_bytes(saved["buffer"])
+        for name in ("eval_steps", "eval_returns", "episode_returns", "history", "solved_at"):
+            setattr(result, name, saved[name])
+        started -= saved["seconds"]
+        rng.bit_generator.state = saved["numpy_rng"]
+        env.reset(seed=config.seed)
+        env.unwrapped.np_random.bit_generator.state = saved["env_rng"]
+        obs, _ = env.reset()
+        torch.set_rng_state(saved["torch_rng"].cpu())
+        if "cuda_rng" in saved and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([state.cpu() for state in saved["cuda_rng"]])
+        step, credit, last_checkpoint = saved["step"], saved["credit"], saved["step"]
+
+    buffer.start_episode(obs)
+    latent, action, is_first = None, None, True
+    episode_return = 0.0
+    bar = tqdm(total=config.total_steps, initial=step, desc="real steps", disable=not progress)
+    while step < config.total_steps:
+        # -- step 1: collect one real step
+        obs_t = to_device(torch.as_tensor(obs, dtype=torch.float32)[None], device)
+        first_t = torch.tensor([is_first], device=device)
+        policy_action, latent = agent.act(latent, action, obs_t, first_t)
+        if step < config.prefill:
+            chosen = int(rng.integers(n_actions))
+        else:
+            chosen = int(policy_action[0])
+        action = torch.tensor([chosen], device=device)
+        obs, reward, terminated, truncated, _ = env.step(chosen)
+        buffer.add(chosen, reward, obs, terminated, truncated)
+        episode_return += float(reward)
+        step += 1
+        is_first = False
+
+        # -- steps 2-7 and the actor-critic, replay_ratio times per real step on average
+        if step >= config.prefill:
+            credit += config.replay_ratio
+            while credit >= 1.0:
+                credit -= 1.0
+                batch = buffer.sample(config.batch_size, config.seq_len, device)
+                metrics = agent.update(batch, env_step=step)
+                result.history.setdefault("env_step", []).append(step)
+                for key, value in metrics.items():
+                    result.history.setdefault(key, []).append(value)
+
+        if step % config.eval_every == 0:
+            returns = evaluate_dreamer(agent, config.env_id, config.eval_episodes, evaluation_seed(config.seed))
+            result.eval_steps.append(step)
+            result.eval_returns.append(float(returns.mean()))
+            bar.set_postfix(eval=f"{returns.mean():.0f}")
+            if result.solved_at is None and returns.mean() >= config.solved_return:
+                result.solved_at = step
+        bar.update(1)
+
+        if terminated or truncated:
+            result.episode_returns.append(episode_return)
+            episode_return = 0.0
+            solved_stop = config.stop_when_solved and result.solved_at is not None
+            if checkpoint is not None and (step - last_checkpoint >= config.checkpoint_every
+                                           or step >= config.total_steps or solved_stop):
+                result.seconds = time.perf_counter() - started
+                save_dreamer(checkpoint, result, {
+                    "step": step, "credit": credit, "numpy_rng": _rng_state(rng),
+                    "env_rng": _rng_state(env.unwrapped.np_random)})
+                last_checkpoint = step
+                if stop_at is not None and step >= stop_at:
+                    break
+            if solved_stop:
+                break
+            obs, _ = env.reset()
+            buffer.start_episode(obs)
+            latent, action, is_first = None, None, True
+    bar.close()
+    env.close()
+    result.env_steps = step
+    result.seconds = time.perf_counter() - started
+    if checkpoint is not None and last_checkpoint != step:
+        save_dreamer(checkpoint, result, {
+            "step": step, "credit": credit, "numpy_rng": _rng_state(rng),
+            "env_rng": _rng_state(env.unwrapped.np_random)})
+    return result
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    defaults = DreamerConfig()
+    parser = argparse.ArgumentParser(
+        prog="python -m wmbook dreamer",
+        description="Train the Dreamer agent (RSSM world model + actor-critic in imagination).")
+    parser.add_argument("--env", default=defaults.env_id, help="Gymnasium id with vector observations "
+                        "and discrete actions (default: %(default)s)")
+    parser.add_argument("--total-steps", type=int, default=defaults.total_steps, help="real environment steps")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    parser.add_argument("--replay-ratio", type=float, default=defaults.replay_ratio,
+                        help="gradient updates per real step (default: %(default)s)")
+    parser.add_argument("--eval-every", type=int, default=defaults.eval_every)
+    parser.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
+    parser.add_argument("--stop-when-solved", action="store_true")
+    parser.add_argument("--out", default="dreamer_run", help="folder for checkpoint.pt and results.json")
+    parser.add_argument("--resume", default=None, metavar="PATH", help="continue from this checkpoint")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m wmbook dreamer``: train, checkpoint, and write the evaluation curve as JSON."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.seed < 0:
+            raise ValueError(f"--seed must be non-negative, got {args.seed}")
+        if args.resume is not None and not Path(args.resume).is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {args.resume}")
+        device = pick_device(args.device)
+        config = DreamerConfig(env_id=args.env, seed=args.seed, total_steps=args.total_steps,
+                               replay_ratio=args.replay_ratio, eval_every=args.eval_every,
+                               checkpoint_every=args.checkpoint_every,
+                               stop_when_solved=args.stop_when_solved)
+        out = Path(args.out)
+        result = train_dreamer(config, device, progress=not args.no_progress,
+                               checkpoint=out / "checkpoint.pt", resume=args.resume)
+        write_json(out / "results.json", {
+            "env_id": result.agent.config.env_id, "seed": result.agent.config.seed,
+            "env_steps": result.env_steps, "eval_steps": result.eval_steps,
+            "eval_returns": result.eval_returns, "solved_at": result.solved_at,
+            "gradient_updates": result.gradient_updates, "seconds": round(result.seconds, 1)})
+    except (ValueError, TypeError, FileNotFoundError, FloatingPointError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    solved = f"solved at {result.solved_at} steps" if result.solved_at is not None else "not solved"
+    last = f"{result.eval_returns[-1]:.1f}" if result.eval_returns else "n/a"
+    print(f"{result.env_steps} real steps, last evaluation {last}, {solved}; wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
