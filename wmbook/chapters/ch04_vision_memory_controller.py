@@ -1,0 +1,438 @@
+"""Chapter 4, V + M + C on CartPole from pixels: its budgets and its experiment harness.
+
+Per seed, one trainer collects random data and pretrains V and M once; every controller of that
+seed then starts from copies of the same V and M (:func:`fork`), so the imagination ratios are
+compared on the same world model. :func:`run_seed` runs one seed's controllers and returns plain
+records; :func:`run_all` runs several seeds side by side, one process per core. The
+experiments that look inside the models (reconstructions, the dream filmstrip, the NLL against a
+single Gaussian, the temperature sweep, the untrained M) run on the first seed in the notebook's
+own process, because they hand models back to the notebook.
+
+Sizing for a 2-core CPU. Each real decision costs a CartPole render and a box-filter resize
+(about 1 ms), a VAE encoding and an LSTM step, so the real budget is small: actions are repeated
+twice (half the renders per real step), frames are 64x64 but the VAE's convolutions are narrow
+(16-32-64-128 channels, one hidden layer of 256), M's LSTM has 128 units instead of 256, and the
+random data is a few thousand steps started all over the track (``diverse_starts``) so that V
+sees the cart wherever a good controller will take it. Each controller gets 12,000 real steps
+(6,000 frames).
+
+What limits the result is V, not the budget of C: measured with :func:`state_readout`, a VAE
+of this size recovers the cart's position from ``z`` almost perfectly but not the pole's angle
+(a linear or small-MLP read-out explains none of its variance, after 6 or 20 epochs, with or
+without ``contrast_weight``, on 64x64 and on 64x128 frames), and a controller that cannot see
+the angle cannot balance the pole.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from wmbook.agents.world_model_ppo import (Config, DreamResult, WorldModelPPOTrainer, collect_random,
+                                           train_in_dream, with_overrides)
+from wmbook.models.mdn_rnn import MDNRNN, latent_buffer, train_mdn_rnn
+
+
+def _config(**dotted) -> Config:
+    return with_overrides(Config(), **dotted)
+
+
+# what the full profile trains: narrow networks, a small random data set, actions repeated twice
+_FULL = dict(**{
+    "total_timesteps": 12_000, "checkpoint_every": 1_000_000, "out": "_build/ch04_runs",
+    "env.num_envs": 8, "env.action_repeat": 2,
+    "world_model.vae.channels": (16, 32, 64, 128), "world_model.vae.hidden_dims": (256,),
+    "world_model.vae.batch_size": 32,
+    "world_model.mdn_rnn.hidden_dim": 128,
+    "world_model.training.pretrain_epochs": 6,
+    "world_model.data_collection.random_collection_steps": 4_000,
+    "evaluation.episodes": 20,
+})
+_CI = dict(**{
+    "total_timesteps": 768, "checkpoint_every": 1_000_000, "out": "_build/ch04_runs_ci",
+    "env.num_envs": 4, "env.action_repeat": 2, "env.frame_size": 32,
+    "ppo.n_steps": 16, "ppo.batch_size": 64, "ppo.n_epochs": 4,
+    "world_model.vae.channels": (8, 16, 32), "world_model.vae.hidden_dims": (64,),
+    "world_model.vae.latent_dim": 8, "world_model.vae.batch_size": 32,
+    "world_model.mdn_rnn.hidden_dim": 32, "world_model.mdn_rnn.chunk_length": 8,
+    "world_model.training.pretrain_epochs": 2,
+    "world_model.data_collection.random_collection_steps": 400,
+    "evaluation.episodes": 3,
+})
+
+
+@dataclass(frozen=True)
+class VMCChapter:
+    """Chapter 4, V + M + C from pixels."""
+
+    trainer: Config                      # every run's trainer (seed and ratio set per run)
+    seeds: tuple[int, ...]
+    ratios: tuple[float, ...]            # imagination ratios compared (0 = real frames only)
+    headline_ratio: float
+    temperatures: tuple[float, ...]      # the dream-only sweep
+    dream_steps: int                     # imagined steps of each dream-only controller
+    dream_episodes: int                  # dream episodes scoring a dream-only controller
+    dream_max_steps: int                 # decisions per dream episode at most
+    real_episodes_tau: int               # real episodes scoring a dream-only controller
+    heldout_steps: int                   # random real steps held out for V's and M's tests
+    single_gaussian: bool                # train the one-component M of the NLL comparison
+    film_steps: int                      # frames in the dream filmstrip
+    workers: int
+    check_headline: bool
+
+
+PROFILES = {
+    "full": VMCChapter(
+        trainer=_config(**_FULL), seeds=(0, 1, 2), ratios=(0.0, 0.5, 0.9), headline_ratio=0.5,
+        temperatures=(0.1, 0.5, 1.0, 1.15, 1.3), dream_steps=10_000, dream_episodes=20, dream_max_steps=250,
+        real_episodes_tau=10, heldout_steps=1_000, single_gaussian=True, film_steps=12, workers=2,
+        check_headline=True),
+    "ci": VMCChapter(
+        trainer=_config(**_CI), seeds=(0, 1), ratios=(0.0, 0.5, 0.9), headline_ratio=0.5,
+        temperatures=(0.1, 1.0, 1.3), dream_steps=256, dream_episodes=4, dream_max_steps=20,
+        real_episodes_tau=2, heldout_steps=100, single_gaussian=True, film_steps=6, workers=1,
+        check_headline=False),
+}
+
+
+# -- one seed's runs ----------------------------------------------------------------------------
+
+@dataclass
+class RunRecord:
+    """One controller's run as plain values."""
+
+    seed: int
+    ratio: float
+    label: str
+    collection_steps: int
+    real_steps: int
+    imagined_steps: int
+    episode_steps: list[int]
+    episode_returns: list[float]
+    final_returns: list[float]
+    seconds: float
+    cpu_seconds: float
+    mean_dream_length: float = 0.0   # mean length of an imagined rollout (imagination/horizon)
+
+    @property
+    def final_return(self) -> float:
+        return float(np.mean(self.final_returns))
+
+
+@dataclass
+class SeedRecord:
+    """A seed's world model (its pretraining curves) and its controllers."""
+
+    seed: int
+    vae_reconstruction: list[float]
+    vae_kl: list[float]
+    mdn_nll: list[float]
+    runs: list[RunRecord] = field(default_factory=list)
+    pretrain_cpu_seconds: float = 0.0
+
+
+def config_for(chapter: VMCChapter, seed: int, ratio: float, **dotted) -> Config:
+    return with_overrides(chapter.trainer, seed=seed, out=f"{chapter.trainer.out}/seed{seed}_ratio{ratio}",
+                          **{"world_model.training.imagination_ratio": ratio}, **dotted)
+
+
+def pretrained(chapter: VMCChapter, seed: int, progress: bool = False) -> WorldModelPPOTrainer:
+    """A trainer of ``seed`` with its random data collected and V and M pretrained."""
+    trainer = WorldModelPPOTrainer(config_for(chapter, seed, chapter.headline_ratio), progress=progress)
+    trainer.pretrain()
+    return trainer
+
+
+def fork(trainer: WorldModelPPOTrainer, config: Config) -> WorldModelPPOTrainer:
+    """A fresh controller under ``config`` on copies of ``trainer``'s pretrained V and M."""
+    child = WorldModelPPOTrainer(config, trainer.device, trainer.progress)
+    child.vae.load_state_dict(trainer.vae.state_dict())
+    child.mdn.load_state_dict(trainer.mdn.state_dict())
+    child.random_frames, child.random_latents = trainer.random_frames, trainer.random_latents
+    child.result.collection_steps = trainer.result.collection_steps
+    child.result.vae_history, child.result.mdn_history = trainer.result.vae_history, trainer.result.mdn_history
+    child.metrics = copy.deepcopy(trainer.metrics)
+    child.pretrained = True
+    return child
+
+
+def run_controller(trainer: WorldModelPPOTrainer, config: Config, label: str) -> RunRecord:
+    """Train a controller under ``config`` on ``trainer``'s V and M and evaluate it."""
+    child = fork(trainer, config)
+    cpu = time.process_time()
+    result = child.train()
+    lengths = [m["imagination/horizon"] for m in child.metrics if m.get("imagination/horizon")]
+    return RunRecord(config.seed, config.world_model.training.imagination_ratio, label,
+                     result.collection_steps, result.real_steps, result.imagined_steps, result.episode_steps,
+                     result.episode_returns, result.final_returns, result.seconds, time.process_time() - cpu,
+                     float(np.mean(lengths)) if lengths else 0.0)
+
+
+def run_seed(chapter: VMCChapter, seed: int, threads: int = 1, progress: bool = False) -> SeedRecord:
+    """Pretrain V and M of ``seed`` and train one controller per imagination ratio."""
+    torch.set_num_threads(threads)
+    cpu = time.process_time()
+    trainer = pretrained(chapter, seed, progress)
+    history = trainer.result
+    record = SeedRecord(seed, history.vae_history["reconstruction"], history.vae_history["kl"],
+                        history.mdn_history["nll"], pretrain_cpu_seconds=time.process_time() - cpu)
+    for ratio in chapter.ratios:
+        record.runs.append(run_controller(trainer, config_for(chapter, seed, ratio), f"ratio {ratio:g}"))
+    return record
+
+
+def run_all(chapter: VMCChapter, seeds: tuple[int, ...], progress: bool = True) -> list[SeedRecord]:
+    """:func:`run_seed` for every seed, ``chapter.workers`` at a time; records in seed order."""
+    if chapter.workers <= 1 or len(seeds) <= 1:
+        return [run_seed(chapter, seed) for seed in tqdm(seeds, desc="seeds", disable=not progress)]
+    records: dict[int, SeedRecord] = {}
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=chapter.workers, mp_context=context) as pool:
+        futures = {pool.submit(run_seed, chapter, seed): seed for seed in seeds}
+        for future in tqdm(as_completed(futures), total=len(futures), desc="seeds", disable=not progress):
+            records[futures[future]] = future.result()
+    return [records[seed] for seed in seeds]
+
+
+# -- looking inside V and M -----------------------------------------------------------------------
+
+@dataclass
+class Heldout:
+    """Random real data the models never trained on: frames ``(N, 3, S, S)`` uint8 and the same
+    episodes as latents (a :class:`~wmbook.buffers.SequenceBuffer` of z)."""
+
+    frames: np.ndarray
+    latents: object
+    states: np.ndarray  # (N, 4): x, x_dot, theta, theta_dot of every frame
+
+
+def heldout(trainer: WorldModelPPOTrainer, steps: int, seed: int) -> Heldout:
+    """``steps`` random real steps collected with another seed, encoded by ``trainer``'s V."""
+    config = with_overrides(trainer.config, **{"world_model.data_collection.random_collection_steps": steps})
+    states: list = []
+    frames_buffer, _ = collect_random(config, seed, states=states)
+    frames = np.concatenate([episode.obs for episode in frames_buffer.episodes()])
+    return Heldout(frames, latent_buffer(frames_buffer, trainer.vae, seed=seed), np.stack(states))
+
+
+STATE_NAMES = ("x", "x_dot", "theta", "theta_dot")
+
+
+def state_readout(trainer: WorldModelPPOTrainer, held: Heldout) -> dict[str, np.ndarray]:
+    """How much of the true state a linear read-out recovers from ``z`` and from ``[z, h]``.
+
+    Least squares fitted on the random training data, scored on the held-out data: R^2 per
+    state variable (1: fully recovered, 0: no better than the mean), for each input.
+    """
+    from wmbook.agents.world_model_ppo import dream_starts
+
+    train, test = dream_starts(trainer.world, trainer.random_latents), dream_starts(trainer.world, held.latents)
+    scores = {}
+    for name, pick in (("z", lambda s: s.z), ("[z, h]", lambda s: torch.cat([s.z, s.h], 1))):
+        x_train = np.c_[pick(train).cpu().numpy(), np.ones(len(train.z))]
+        x_test = np.c_[pick(test).cpu().numpy(), np.ones(len(test.z))]
+        weights = np.linalg.lstsq(x_train, trainer.random_states, rcond=None)[0]
+        error = ((x_test @ weights - held.states) ** 2).mean(0)
+        scores[name] = 1.0 - error / held.states.var(0)
+    return scores
+
+
+@torch.no_grad()
+def reconstructions(trainer: WorldModelPPOTrainer, frames: np.ndarray) -> np.ndarray:
+    """V's reconstructions of ``frames`` ``(N, 3, S, S)`` uint8, as uint8."""
+    z = trainer.vae.encode(torch.as_tensor(frames, device=trainer.device))
+    return (trainer.vae.decode(z) * 255).round().to(torch.uint8).cpu().numpy()
+
+
+@torch.no_grad()
+def decode_latents(trainer: WorldModelPPOTrainer, z: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Frames ``(N, 3, S, S)`` uint8 that V draws for latents ``(N, Z)``."""
+    z = torch.as_tensor(z, dtype=torch.float32, device=trainer.device)
+    return (trainer.vae.decode(z) * 255).round().to(torch.uint8).cpu().numpy()
+
+
+@torch.no_grad()
+def filmstrip(trainer: WorldModelPPOTrainer, steps: int, seed: int, temperature: float = 1.0
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A real episode of random actions and M's dream of the same actions from the same first
+    frame: real frames, V's reconstructions of them, and the dream decoded, each ``(T, 3, S, S)``."""
+    from wmbook.models.mdn_rnn import VMLatent
+    from wmbook.pixels import make_pixel_env
+
+    c = trainer.config
+    env = make_pixel_env(c.env.id, c.env.frame_size, action_repeat=c.env.action_repeat)
+    rng = np.random.default_rng(seed)
+    frame, _ = env.reset(seed=seed)
+    real, actions = [frame], []
+    # a gentle random policy (alternate sides) keeps the pole up long enough to compare
+    for t in range(steps - 1):
+        action = int(rng.integers(2)) if t % 2 else 1 - (actions[-1] if actions else 0)
+        frame, _, terminated, truncated, _ = env.step(action)
+        real.append(frame), actions.append(action)
+        if terminated or truncated:
+            break
+    env.close()
+    real = np.stack(real)
+    world = trainer.world
+    old = world.temperature
+    world.temperature = temperature
+    z0 = trainer.vae.encode(torch.as_tensor(real[:1], device=trainer.device))
+    h, cell = trainer.mdn.initial_state(1, trainer.device)
+    latent, dream = VMLatent(z0, h, cell), [z0]
+    for action in actions:
+        latent = world.imagine_step(latent, torch.tensor([action], device=trainer.device)).latent
+        dream.append(latent.z)
+    world.temperature = old
+    return real, reconstructions(trainer, real), decode_latents(trainer, torch.cat(dream))
+
+
+def heldout_nll(mdn: MDNRNN, latents, chunk: int = 16, batches: int = 20, seed: int = 0) -> float:
+    """M's mean negative log-likelihood per step of held-out latent episodes (nats, summed over z)."""
+    buffer = copy.deepcopy(latents)
+    buffer.rng = np.random.default_rng(seed)
+    device = next(mdn.parameters()).device
+    values = []
+    with torch.no_grad():
+        for _ in range(batches):
+            batch = buffer.sample(32, min(chunk, len(buffer)), device)
+            values.append(mdn.sequence_loss(batch.obs, batch.action, batch.reward, batch.terminated,
+                                            batch.is_first)["nll"].item())
+    return float(np.mean(values))
+
+
+def single_gaussian(trainer: WorldModelPPOTrainer) -> MDNRNN:
+    """An M with one mixture component, trained exactly as ``trainer``'s M (same data, updates,
+    seed): the ablation of the mixture."""
+    wm = trainer.config.world_model
+    config = dataclasses.replace(trainer.mdn.config, num_mixtures=1)
+    torch.manual_seed(trainer.config.seed)
+    mdn = MDNRNN(config).to(trainer.device)
+    latents = copy.deepcopy(trainer.random_latents)
+    latents.rng = np.random.default_rng(trainer.config.seed)
+    per_epoch = math.ceil(len(latents) / (wm.mdn_rnn.batch_size * wm.mdn_rnn.chunk_length))
+    train_mdn_rnn(mdn, latents, wm.training.pretrain_epochs * per_epoch, wm.mdn_rnn.batch_size,
+                  wm.mdn_rnn.chunk_length)
+    return mdn
+
+
+def vae_ablation(trainer: WorldModelPPOTrainer, **changes) -> dict[str, float]:
+    """A VAE trained exactly as ``trainer``'s (same frames, epochs, seed) with ``changes`` to its
+    config (e.g. ``likelihood="gaussian"``); its last-epoch reconstruction loss and KL."""
+    from wmbook.models.vae import ConvVAE, train_vae
+
+    c = trainer.config
+    torch.manual_seed(c.seed)
+    vae = ConvVAE(dataclasses.replace(trainer.vae.config, **changes)).to(trainer.device)
+    frames = np.concatenate([episode.obs for episode in trainer.random_frames.episodes()])
+    history = train_vae(vae, frames, c.world_model.training.pretrain_epochs, c.world_model.vae.batch_size, seed=c.seed)
+    return {"reconstruction": history.reconstruction[-1], "kl": history.kl[-1]}
+
+
+def temperature_sweep(chapter: VMCChapter, trainer: WorldModelPPOTrainer, progress: bool = True
+                      ) -> list[DreamResult]:
+    """A controller trained wholly in the dream at each temperature, scored in the dream and in
+    the real environment (same V and M, same PPO seed)."""
+    results = []
+    for tau in tqdm(chapter.temperatures, desc="temperatures", disable=not progress):
+        child = fork(trainer, config_for(chapter, trainer.config.seed, 0.0,
+                                         **{"world_model.mdn_rnn.temperature": tau}))
+        child.dream_generator.manual_seed(trainer.config.seed + 2)
+        results.append(train_in_dream(child, tau, chapter.dream_steps, chapter.dream_episodes,
+                                      chapter.dream_max_steps, chapter.real_episodes_tau))
+    return results
+
+
+def untrained_memory_run(chapter: VMCChapter, trainer: WorldModelPPOTrainer) -> RunRecord:
+    """A controller on real frames only (ratio 0) whose M keeps its random initial weights."""
+    config = config_for(chapter, trainer.config.seed, 0.0)
+    child = fork(trainer, config)
+    torch.manual_seed(config.seed)
+    child.mdn.load_state_dict(MDNRNN(trainer.mdn.config).state_dict())  # the initial weights again
+    cpu = time.process_time()
+    result = child.train()
+    return RunRecord(config.seed, 0.0, "untrained M", result.collection_steps, result.real_steps,
+                     result.imagined_steps, result.episode_steps, result.episode_returns, result.final_returns,
+                     result.seconds, time.process_time() - cpu)
+
+
+# -- figures --------------------------------------------------------------------------------------
+
+def _image(frame: np.ndarray) -> np.ndarray:
+    return np.asarray(frame).transpose(1, 2, 0)
+
+
+def plot_frames(rows: dict[str, np.ndarray], title: str | None = None):
+    """A grid of frames: one row per entry of ``rows`` (name -> ``(T, 3, S, S)`` uint8)."""
+    import matplotlib.pyplot as plt
+
+    columns = max(len(frames) for frames in rows.values())
+    fig, axes = plt.subplots(len(rows), columns, figsize=(1.3 * columns, 1.45 * len(rows)), squeeze=False)
+    for r, (name, frames) in enumerate(rows.items()):
+        for t in range(columns):
+            ax = axes[r, t]
+            ax.set_xticks([]), ax.set_yticks([])
+            if t < len(frames):
+                ax.imshow(_image(frames[t]), interpolation="nearest")
+            else:
+                ax.axis("off")
+        axes[r, 0].set_ylabel(name, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_ratio_curves(records: list[SeedRecord], ratios: tuple[float, ...], window: int = 20, grid: int = 50):
+    """Training episode return (moving mean of ``window`` episodes) against real controller steps:
+    the mean over seeds per ratio, with the range across seeds shaded."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    budget = max(run.real_steps for record in records for run in record.runs)
+    xs = np.linspace(0, budget, grid)
+    for ratio in ratios:
+        curves = []
+        for record in records:
+            run = next(r for r in record.runs if r.ratio == ratio)
+            if not run.episode_returns:
+                continue
+            smooth = np.convolve(run.episode_returns, np.ones(window) / window, mode="full")[:len(run.episode_returns)]
+            counts = np.minimum(np.arange(1, len(smooth) + 1), window)
+            smooth = smooth * window / counts
+            curves.append(np.interp(xs, run.episode_steps, smooth))
+        if curves:
+            curves = np.array(curves)
+            line, = ax.plot(xs, curves.mean(0), label=f"imagination ratio {ratio:g}")
+            ax.fill_between(xs, curves.min(0), curves.max(0), color=line.get_color(), alpha=0.2)
+    ax.axhline(475, color="grey", ls=":", lw=1)
+    ax.set_xlabel("real controller steps")
+    ax.set_ylabel(f"training return ({window}-episode mean)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_temperature(results: list[DreamResult]):
+    """Return in the dream against return in the real environment, per temperature."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    taus = [r.temperature for r in results]
+    x = np.arange(len(taus))
+    ax.bar(x - 0.2, [np.mean(r.dream_returns) for r in results], 0.4, label="in the dream")
+    ax.bar(x + 0.2, [np.mean(r.real_returns) for r in results], 0.4, label="in the real env")
+    ax.set_xticks(x, [f"{t:g}" for t in taus])
+    ax.set_xlabel("temperature tau")
+    ax.set_ylabel("mean return")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
