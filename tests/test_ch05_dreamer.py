@@ -9,7 +9,7 @@ import torch
 from wmbook.agents.dreamer import Dreamer
 from wmbook.chapters import get_profile
 from wmbook.chapters.ch05_dreamer_rssm import (
-    ABLATIONS, PROFILES, DreamerRecord, DreamerSpec, ablation_table, chapter_specs, curve_matrix, open_loop,
+    ABLATIONS, PROFILES, DreamerRecord, DreamerSpec, ablation_statistics, ablation_table, chapter_specs, curve_matrix, open_loop,
     real_episode, spec_config)
 
 
@@ -45,6 +45,20 @@ def test_ablation_table_counts_unsolved_runs_as_the_budget():
     # a run solved after the budget counts as unsolved; returns are read within the budget
     rows = ablation_table([record("a", 3000, (1000, 2000, 3000), (50.0, 200.0, 500.0))], 2000)
     assert rows[0]["solved_at"] == [None] and rows[0]["median"] == 2000 and rows[0]["mean_return"] == 200.0
+
+
+def test_ablation_statistics_say_only_what_the_intervals_establish():
+    def row(label, returns):
+        return {"label": label, "returns": list(returns)}
+    full = row("Dreamer", [400.0, 420.0, 450.0, 480.0])
+    table = [full, row("no a", [10.0, 20.0, 30.0, 40.0]), row("no b", [900.0, 950.0, 990.0, 999.0]),
+             row("no c", [380.0, 430.0, 445.0, 500.0])]
+    groups = ablation_statistics(table, reps=500)
+    assert groups == {"hurt": ["no a"], "helped": ["no b"], "unresolved": ["no c"]}
+    assert table[1]["p_full_better"].estimate == 1.0 and table[2]["p_full_better"].estimate == 0.0
+    assert "p_full_better" not in table[0] and table[0]["iqm"].low <= table[0]["iqm"].estimate <= table[0]["iqm"].high
+    with pytest.raises(ValueError, match="at least one switch"):
+        ablation_statistics([full], reps=500)
 
 
 def test_open_loop_shapes_on_an_untrained_agent():

@@ -24,6 +24,7 @@ from wmbook.agents.dqn import DQNConfig
 from wmbook.agents.dreamer import Dreamer, DreamerConfig, train_dreamer
 from wmbook.agents.dyna import DynaConfig
 from wmbook.chapters.ch03_dyna_dqn import RunSpec, run_one as run_chapter3
+from wmbook.stats import aggregate, probability_of_improvement
 
 # switch -> the setting that turns it off (each on by default in DreamerConfig)
 ABLATIONS: dict[str, dict[str, object]] = {
@@ -287,6 +288,28 @@ def ablation_table(records: list[DreamerRecord], budget: int) -> list[dict[str, 
         row["median"] = float(np.median(steps))
         row["solved"] = sum(s is not None for s in row["solved_at"])
     return list(rows.values())
+
+
+def ablation_statistics(table: list[dict[str, object]], reps: int, seed: int = 0) -> dict[str, list[str]]:
+    """Adds rliable statistics to the rows of :func:`ablation_table` (the full agent first), in
+    place: ``iqm``, the IQM of the return at the budget with its bootstrap interval, and on every
+    other row ``p_full_better``, the probability that a run of the full agent ends the budget
+    with a higher return than a run with that piece switched off. Returns the labels grouped by
+    what the intervals establish: ``hurt`` (switching the piece off lowered the return: the
+    interval lies above one half), ``helped`` (below one half) and ``unresolved``."""
+    if len(table) < 2:
+        raise ValueError("the ablation table needs the full agent and at least one switch")
+    full = table[0]
+    summaries = aggregate({row["label"]: row["returns"] for row in table}, reps=reps, seed=seed)
+    groups: dict[str, list[str]] = {"hurt": [], "helped": [], "unresolved": []}
+    for row in table:
+        row["iqm"] = summaries[row["label"]].iqm
+        if row is full:
+            continue
+        p = probability_of_improvement(full["returns"], row["returns"], reps=reps, seed=seed)
+        row["p_full_better"] = p
+        groups["hurt" if p.low > 0.5 else "helped" if p.high < 0.5 else "unresolved"].append(row["label"])
+    return groups
 
 
 def smooth(values: list[float], points: int = 200) -> tuple[np.ndarray, np.ndarray]:
