@@ -22,7 +22,10 @@ method. A run that never solves counts as the budget, a censored value that favo
     python benchmarks/dyna_vs_sb3.py                        # 10 seeds, writes the book's table
     python benchmarks/dyna_vs_sb3.py --seeds 2 --budget 3000 --k 5 --out -   # a quick look
 
-``--seeds N`` runs seeds 0 .. N-1 (or give a list). The tables go to
+``--seeds N`` runs seeds 0 .. N-1 (or give a list). Each run's outcome is kept in ``--runs``
+(one JSON file per method, seed and settings) the moment it ends, and a rerun of the same
+command reads the kept runs instead of repeating them: the full benchmark is about a hundred
+single-core runs of up to an hour, so it can be run in parts. The tables go to
 ``book/benchmark_results.md`` (shown by the book's appendix page), with the command, versions,
 machine and date that produced them.
 """
@@ -30,7 +33,6 @@ machine and date that produced them.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import datetime
 import importlib.metadata
@@ -39,7 +41,7 @@ import os
 import platform
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -188,33 +190,71 @@ def jobs_for(seeds: list[int], k: int, budget: int, eval_every: int) -> list[tup
     return jobs
 
 
-def run_jobs(jobs: list[tuple], workers: int, echo: bool = True) -> list[Outcome]:
-    """Run ``jobs`` ``workers`` at a time (in this process when 1), in the order given."""
-    outcomes = []
-    with contextlib.ExitStack() as stack:
-        if workers > 1:
-            pool = stack.enter_context(ProcessPoolExecutor(
-                max_workers=workers, mp_context=multiprocessing.get_context("spawn")))
-            results = pool.map(job, jobs)
+def job_file(cache: Path, args: tuple) -> Path:
+    """Where the outcome of one job is kept: its settings spelled out in the file name."""
+    kind, method, seed, *settings = args
+    slug = "".join(c if c.isalnum() else "-" for c in method.lower()).strip("-")
+    return cache / f"{slug}_seed{seed}_{'_'.join(str(x) for x in settings)}.json"
+
+
+def save_outcome(path: Path, outcome: Outcome) -> None:
+    from wmbook.checkpoint import write_json
+
+    write_json(path, dataclasses.asdict(outcome))
+
+
+def load_outcome(path: Path) -> Outcome:
+    import json
+
+    try:
+        return Outcome(**json.loads(path.read_text()))
+    except (ValueError, TypeError) as error:
+        raise SystemExit(f"{path}: not a run outcome of this benchmark ({error}); delete it to rerun") from None
+
+
+def run_jobs(jobs: list[tuple], workers: int, echo: bool = True, cache: Path | None = None) -> list[Outcome]:
+    """Run ``jobs`` ``workers`` at a time (in this process when 1) and return their outcomes in
+    the order given. With ``cache``, each outcome is written there (atomically) as soon as its
+    run ends, and a job whose outcome is already there is not run again: an interrupted
+    benchmark resumes where it stopped, losing only the runs in flight."""
+    outcomes: dict[int, Outcome] = {}
+    todo = []
+    for index, args in enumerate(jobs):
+        if cache is not None and job_file(cache, args).is_file():
+            outcomes[index] = load_outcome(job_file(cache, args))
         else:
-            results = map(job, jobs)
-        for outcome in results:
-            if echo:
-                solved = f"{outcome.solved_at:,}" if outcome.solved_at else "not solved"
-                print(f"{outcome.method:>44} seed {outcome.seed}: {solved}, final return "
-                      f"{outcome.final_return:.0f} ({outcome.seconds:.0f} s)", flush=True)
-            outcomes.append(outcome)
-    return outcomes
+            todo.append(index)
+    if echo and cache is not None and outcomes:
+        print(f"{len(outcomes)} of {len(jobs)} runs read from {cache}", flush=True)
+
+    def finished(index: int, outcome: Outcome) -> None:
+        if cache is not None:
+            save_outcome(job_file(cache, jobs[index]), outcome)
+        if echo:
+            solved = f"{outcome.solved_at:,}" if outcome.solved_at else "not solved"
+            print(f"{outcome.method:>44} seed {outcome.seed}: {solved}, final return "
+                  f"{outcome.final_return:.0f} ({outcome.seconds:.0f} s)", flush=True)
+        outcomes[index] = outcome
+
+    if workers > 1 and len(todo) > 1:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(job, jobs[index]): index for index in todo}
+            for future in as_completed(futures):
+                finished(futures[future], future.result())
+    else:
+        for index in todo:
+            finished(index, job(jobs[index]))
+    return [outcomes[index] for index in range(len(jobs))]
 
 
 def choose_k(candidates: list[int], seeds: list[int], budget: int, eval_every: int,
-             workers: int) -> tuple[int, dict[int, float]]:
+             workers: int, cache: Path | None = None) -> tuple[int, dict[int, float]]:
     """K among ``candidates`` by the IQM of Dyna-DQN's real steps to solve on ``seeds`` (which
     the reported runs must not use), as Chapter 3 chooses it."""
     from wmbook.chapters.ch03_dyna_dqn import RunRecord, RunSpec, choose_k as chapter_choose_k
 
     jobs = [("wmbook", f"tuning K={k}", s, k, 1, budget, eval_every) for k in candidates for s in seeds]
-    outcomes = run_jobs(jobs, workers)
+    outcomes = run_jobs(jobs, workers, cache=cache)
     records = [RunRecord(RunSpec(o.method, o.seed, imagined_updates=int(o.method.split("=")[1])),
                          o.eval_steps, o.eval_returns, o.solved_at, 0, 0, o.seconds)
                for o in outcomes]
@@ -340,7 +380,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--out", default="book/benchmark_results.md", help="'-' prints only")
     parser.add_argument("--reps", type=int, default=REPS, help="bootstrap resamples per interval")
+    parser.add_argument("--runs", default="benchmarks/runs/dyna_vs_sb3",
+                        help="folder that keeps each run's outcome, so that an interrupted "
+                             "benchmark resumes ('-' keeps nothing)")
     args = parser.parse_args(argv)
+    cache = None if args.runs == "-" else Path(args.runs)
     seeds = seed_list(args.seeds)
     if set(seeds) & set(args.tune_seeds) and args.k is None:
         parser.error(f"tuning seeds {args.tune_seeds} overlap the reported seeds {seeds}")
@@ -349,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     parts = []
     if args.k is None:
         k, iqms = choose_k(args.k_candidates, args.tune_seeds, args.tune_budget, args.eval_every,
-                           args.workers)
+                           args.workers, cache)
         parts.append(f"K chosen on tuning seeds {', '.join(map(str, args.tune_seeds))} (not reported "
                      f"below), {args.tune_budget:,} real steps each, by the IQM of Dyna-DQN's real "
                      f"steps to solve: " + "; ".join(f"K = {c}: {v:,.0f}" for c, v in iqms.items())
@@ -358,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         k = args.k
         parts.append(f"K = {k}, given on the command line.")
     names = Methods(k)
-    outcomes = run_jobs(jobs_for(seeds, k, args.budget, args.eval_every), args.workers)
+    outcomes = run_jobs(jobs_for(seeds, k, args.budget, args.eval_every), args.workers, cache=cache)
     outcomes.sort(key=lambda o: (names.all().index(o.method), o.seed))
     parts.append(per_seed_table(outcomes, names.all(), args.budget))
     if len(seeds) >= 2:

@@ -28,7 +28,7 @@ def test_benchmark_writes_a_table_with_provenance(tmp_path):
     out = tmp_path / "results.md"
     # a budget below learning_starts: no learning, so nothing solves, but every path runs
     assert script.main(["--seeds", "0", "1", "--budget", "500", "--eval-every", "250", "--workers", "1",
-                        "--k", "2", "--reps", "100", "--out", str(out)]) == 0
+                        "--k", "2", "--reps", "100", "--out", str(out), "--runs", str(tmp_path / "runs")]) == 0
     text = out.read_text()
     assert text.startswith("K = 2, given on the command line.")
     names = script.Methods(2)
@@ -44,6 +44,33 @@ def test_benchmark_writes_a_table_with_provenance(tmp_path):
     assert "- command: `python benchmarks/dyna_vs_sb3.py --seeds 0 1" in text
     assert "stable-baselines3 2." in text and "rliable 1." in text and "- date: " in text and "cores" in text
     assert "ratio 1.00 (target: at most 1/3) - not met" in text
+
+
+def test_an_interrupted_benchmark_resumes_from_the_runs_it_kept(tmp_path, monkeypatch):
+    script = load_script()
+    jobs = script.jobs_for([0], k=2, budget=300, eval_every=150)
+    ran, cut_off = [], [True]
+
+    def fake_job(args):
+        ran.append(args)
+        if len(ran) == 3 and cut_off[0]:
+            raise RuntimeError("interrupted")  # the third run is cut off
+        return script.Outcome(args[1], args[2], None, 1.0, [150, 300], [20.0, 30.0 + len(ran)])
+
+    monkeypatch.setattr(script, "job", fake_job)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        script.run_jobs(jobs, workers=1, echo=False, cache=tmp_path)
+    assert len(list(tmp_path.glob("*.json"))) == 2
+    ran.clear()
+    cut_off[0] = False
+    outcomes = script.run_jobs(jobs, workers=1, echo=False, cache=tmp_path)
+    assert [o.method for o in outcomes] == [j[1] for j in jobs]
+    assert ran == jobs[2:]  # only the runs not kept were run again
+    assert [o.final_return for o in outcomes[:2]] == [31.0, 32.0]  # read back as they were
+    assert len(list(tmp_path.glob("*.json"))) == len(jobs)
+    (tmp_path / script.job_file(tmp_path, jobs[0]).name).write_text("{not json")
+    with pytest.raises(SystemExit, match="not a run outcome"):
+        script.run_jobs(jobs, workers=1, echo=False, cache=tmp_path)
 
 
 def _outcome(script, method, seed, solved_at, final, steps=(1000, 2000, 3000)):
@@ -91,7 +118,7 @@ def test_k_is_chosen_on_tuning_seeds_the_reported_runs_do_not_use(monkeypatch, c
     script = load_script()
     asked = []
 
-    def fake_jobs(jobs, workers, echo=True):
+    def fake_jobs(jobs, workers, echo=True, cache=None):
         asked.extend(jobs)
         solved = {1: 6000, 5: 3000, 10: 3500}
         return [script.Outcome(name, seed, solved[k], 1.0, [7000], [500.0])
