@@ -24,8 +24,9 @@ method. A run that never solves counts as the budget, a censored value that favo
 
 ``--seeds N`` runs seeds 0 .. N-1 (or give a list). Each run's outcome is kept in ``--runs``
 (one JSON file per method, seed and settings) the moment it ends, and a rerun of the same
-command reads the kept runs instead of repeating them: the full benchmark is about a hundred
-single-core runs of up to an hour, so it can be run in parts. The tables go to
+command reads the kept runs instead of repeating them: the full benchmark is fifty-six
+single-core runs (six of them tuning K), the slowest taking the better part of an hour, so it
+can be run in parts. The tables go to
 ``book/benchmark_results.md`` (shown by the book's appendix page), with the command, versions,
 machine and date that produced them.
 """
