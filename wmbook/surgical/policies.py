@@ -339,10 +339,13 @@ def policy_anticipation(model: SurgicalWorldModel, procedure, choose: Chooser,
 
 def policy_map_table(model: SurgicalWorldModel, procedures: Sequence, choose: Chooser,
                      horizons: Sequence[int] = (1, 5, 10), actions: str = "recognised",
-                     stride: int = 1) -> dict[int, dict[str, float]]:
-    """``{k: {component: mAP}}`` of a policy's anticipation over ``procedures``."""
+                     stride: int = 1, components: Sequence[str] | None = None) -> dict[int, dict[str, float]]:
+    """``{k: {component: mAP}}`` of a policy's anticipation over ``procedures`` (every
+    component of ivtmetrics, or only ``components``)."""
     per_video = [policy_anticipation(model, p, choose, horizons, actions, stride) for p in procedures]
-    return {k: ivt_map([video[k] for video in per_video]) for k in horizons}
+    if components is None:
+        return {k: ivt_map([video[k] for video in per_video]) for k in horizons}
+    return {k: ivt_map([video[k] for video in per_video], tuple(components)) for k in horizons}
 
 
 def true_prefix_return(env, make_policy: Callable[[object], object], starts: Sequence, steps: int) -> float:
@@ -529,7 +532,9 @@ class CompareSettings:
     """What :func:`compare_policies` trains and how it scores: training budgets, the planner,
     ``map_stride`` (every k-th test frame starts an anticipation, for every policy alike) and
     the ablations (``safety``: constrained vs unconstrained TD-MPC and PPO;
-    ``alt_weights``: PPO under one alternative reward weighting)."""
+    ``alt_weights``: PPO under one alternative reward weighting). ``map_policies`` limits the
+    mAP table to those policies (``None``: all) and ``map_components`` to those components
+    (``None``: all of ivtmetrics'); ivtmetrics' per-class scoring is the slowest step."""
 
     ppo_steps: int = 16_000
     offline_steps: int = 2000
@@ -542,15 +547,22 @@ class CompareSettings:
         "_r_phase_completion": 1.0, "_r_phase_progression": 0.5, "_r_risk": -2.0,
         "_r_action_probability": 0.0, "_r_global_progression": 0.3})
     seed: int = 0
+    map_policies: tuple | None = None
+    map_components: tuple | None = None
 
 
 def compare_policies(config, dataset, model: SurgicalWorldModel, settings: CompareSettings | None = None,
-                     progress: bool = False) -> dict:
+                     progress: bool = False, keep_policies: bool = False,
+                     wrap: Callable[[str, object], object] | None = None) -> dict:
     """Train every policy against ``model`` on the training procedures and score each on the
     test procedures both ways: anticipation mAP against the expert's labels and the true
     outcome in the simulator, with the return the world model promised (the model-exploitation
     gap is promised minus true). Returns ``{"map": {policy: {k: {component: mAP}}}, "truth":
-    {policy: outcome}, "curves": ..., "seconds": ...}``. Progress is printed per stage."""
+    {policy: outcome}, "curves": ..., "seconds": ...}``. Progress is printed per stage.
+
+    ``keep_policies`` adds ``"choosers"`` (name -> :data:`Chooser`) to the result, for analysis
+    after the run (not JSON); ``wrap(name, policy)`` replaces each policy (the expert's
+    included) that plays the full test procedures, e.g. to record what it does."""
     from wmbook.agents.iql import IQLConfig, train_iql
     from wmbook.agents.tdmpc import TDMPCConfig, train_tdmpc
     from wmbook.surgical import evaluation as E
@@ -599,19 +611,26 @@ def compare_policies(config, dataset, model: SurgicalWorldModel, settings: Compa
     out: dict = {"map": {}, "truth": {}, "promised": {}, "curves": curves, "risk_budget": budget}
     out["map"]["imitation_current"] = E.map_table(model, dataset.test, [0], ev.context_actions)[0]
     starts = [p.start(ev.start_frame) for p in dataset.test]
-    truth = E.simulator_outcomes({"expert": expert_for(dataset)}, starts, config.simulator,
+    expert = expert_for(dataset)
+    if wrap is not None:
+        expert = lambda start, make=expert: wrap("expert", make(start))  # noqa: E731
+    truth = E.simulator_outcomes({"expert": expert}, starts, config.simulator,
                                  model.config.reward_weights)
     out["truth"]["expert"] = truth["expert"]["mean"]
     env = E.SurgicalEnv(config.simulator, model.config.reward_weights)
     for name, choose in choosers.items():
         clock = time.perf_counter()
-        out["map"][name] = {str(k): v for k, v in policy_map_table(
-            model, dataset.test, choose, horizons, ev.context_actions, s.map_stride).items()}
+        if s.map_policies is None or name in s.map_policies:
+            out["map"][name] = {str(k): v for k, v in policy_map_table(
+                model, dataset.test, choose, horizons, ev.context_actions, s.map_stride,
+                s.map_components).items()}
         if name == "imitation":  # the part-1 policy: samples its 1 to 3 labels from the head
             factory = lambda start: ImitationPolicy(model, ev.policy_seed)  # noqa: E731
         else:
             factory = lambda start, choose=choose: LatentPolicy(model, choose)  # noqa: E731
-        result = E.simulator_outcomes({name: factory}, starts, config.simulator, model.config.reward_weights,
+        played = factory if wrap is None else \
+            (lambda start, make=factory, name=name: wrap(name, make(start)))  # noqa: E731
+        result = E.simulator_outcomes({name: played}, starts, config.simulator, model.config.reward_weights,
                                       progress)
         out["truth"][name] = result[name]["mean"]
         # the gap over the first gap_steps seconds: what the model promised, what happened
@@ -623,6 +642,8 @@ def compare_policies(config, dataset, model: SurgicalWorldModel, settings: Compa
         if progress:
             print(f"{name}: evaluated in {seconds[f'eval_{name}']:.0f} s", flush=True)
     out["seconds"] = seconds
+    if keep_policies:
+        out["choosers"] = choosers
     return out
 
 
@@ -630,14 +651,15 @@ def format_comparison(results: dict) -> str:
     """Both tables in markdown: ivt mAP by horizon, and the truth, one row per policy, each
     with its rank."""
     names = [n for n in results["truth"] if n != "expert"]
-    horizons = sorted({k for n in names for k in results["map"][n]}, key=int)
+    scored = [n for n in names if n in results["map"]]
+    horizons = sorted({k for n in scored for k in results["map"][n]}, key=int)
     lines = ["| policy | " + " | ".join(f"ivt +{k} s" for k in horizons) + " | i | v | t (+1 s) |",
              "|---" * (len(horizons) + 4) + "|"]
-    for n in names:
+    for n in scored:
         row = results["map"][n]
         first = row[horizons[0]]
         lines.append(f"| {n} | " + " | ".join(f"{100 * row[k]['ivt']:.1f}" for k in horizons)
-                     + f" | {100 * first['i']:.1f} | {100 * first['v']:.1f} | {100 * first['t']:.1f} |")
+                     + "".join(f" | {100 * first.get(c, float('nan')):.1f}" for c in "ivt") + " |")
     current = results["map"]["imitation_current"]
     lines += ["", f"Imitation, current frame (recognition): ivt {100 * current['ivt']:.1f}", "",
               "| policy | completed | frames | adverse events | true risk | true return | promised (50 s) "
@@ -648,7 +670,7 @@ def format_comparison(results: dict) -> str:
                      f"{r['true_risk']:.1f} | {r['true_return']:.1f} | {r.get('promised_return', float('nan')):.1f} | "
                      f"{r.get('true_prefix_return', float('nan')):.1f} | "
                      f"{r.get('exploitation_gap', float('nan')):.1f} |")
-    by_map = sorted(names, key=lambda n: -results["map"][n][horizons[0]]["ivt"])
+    by_map = sorted(scored, key=lambda n: -results["map"][n][horizons[0]]["ivt"])
     by_truth = sorted(names, key=lambda n: -results["truth"][n]["true_return"])
     lines += ["", "Ranking by ivt mAP (+1 s): " + " > ".join(by_map),
               "Ranking by true return: " + " > ".join(by_truth)]

@@ -1,0 +1,673 @@
+"""Chapter 6, surgical TD-MPC: its budgets, its experiment harness and its figures.
+
+The chapter simulates one data set of procedures, trains one surgical world model on it (and,
+for the ablation, a second one without the noisy-action dual path), then trains every policy
+against the world model on several seeds with
+:func:`~wmbook.surgical.policies.compare_policies`: PPO in the world model (with and without
+the risk constraint, and under one alternative reward weighting), IQL, and TD-MPC's planner
+(with and without its risk budget). Each is scored twice on the test procedures: anticipation
+mAP against the expert's labels, and the true outcome when it operates in the simulator.
+
+The seeds vary the policies (their initialisation, minibatches, imagined starts, the planner's
+and the imitation policy's sampling); the data set and the world model are shared by all
+seeds, so the intervals say how much the *policies* vary on one world model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from wmbook.agents.iql import IQL, IQLConfig, train_iql
+from wmbook.agents.tdmpc import PlannerConfig
+from wmbook.models.surgical import SurgicalWorldModel
+from wmbook.surgical import evaluation as E
+from wmbook.surgical import experiment as X
+from wmbook.surgical import policies as P
+from wmbook.surgical.config import SurgicalConfig, config_from_dict
+from wmbook.surgical.data import SurgicalDataset
+from wmbook.surgical.imitation import ImitationPolicy
+from wmbook.surgical.triplets import PHASES, triplet_name
+
+# policy key -> label in tables and figures, in the order the chapter shows them
+LABELS: dict[str, str] = {
+    "imitation": "imitation",
+    "ppo": "PPO in the WM",
+    "iql": "IQL (offline)",
+    "tdmpc": "TD-MPC",
+    "ppo_safe": "PPO + risk constraint",
+    "tdmpc_safe": "TD-MPC + risk budget",
+    "ppo_alt_weights": "PPO, alt. weights",
+}
+MAIN = ("imitation", "ppo", "iql", "tdmpc")          # DARIL's table in miniature
+LEARNED = ("ppo", "iql", "tdmpc", "ppo_safe", "tdmpc_safe")  # RL and planner policies
+SAFE = ("ppo_safe", "tdmpc_safe")                     # those with the risk as a constraint
+
+
+@dataclass(frozen=True)
+class SurgicalChapter:
+    """Chapter 6's budgets: the surgical data, world model and evaluation settings
+    (``surgical``; its data root is replaced by the run's own folder), every policy's training
+    budget and the planner (``compare``; its seed is set per run) and the policy seeds."""
+
+    surgical: SurgicalConfig
+    compare: P.CompareSettings
+    seeds: tuple[int, ...]             # the reported runs; no setting was tuned on them
+    trajectory_steps: int              # frames of the trajectory figure after the start
+    explorer_horizon: int              # seconds the explorer plays each policy for
+    check_headline: bool
+    workers: int = 2                   # processes: this one and workers - 1 for the other seeds
+    max_seconds: float = 600.0         # the full profile's time budget, asserted
+    bootstrap_reps: int = 2_000
+
+
+def _surgical(values: Mapping) -> SurgicalConfig:
+    return config_from_dict(values, "chapter 6 profile")
+
+
+MAP_COMPONENTS = ("i", "v", "t", "ivt")
+
+PROFILES = {
+    "full": SurgicalChapter(
+        surgical=_surgical({
+            "data": {"procedures": 30, "test": 5, "seed": 0, "surgeons": 6},
+            "simulator": {"duration_scale": 0.1, "max_frames_factor": 2.0},
+            "model": {"hidden_dim": 96, "head_hidden": 96, "context": 12},
+            "training": {"steps": 800, "batch_size": 48},
+            "evaluation": {"start_frame": 12},
+        }),
+        compare=P.CompareSettings(ppo_steps=8_000, offline_steps=1_500,
+                                  planner=PlannerConfig(horizon=3, samples=32, iterations=2, elites=4),
+                                  map_stride=5, gap_steps=40, map_policies=MAIN, map_components=MAP_COMPONENTS),
+        seeds=(0, 1, 2),
+        trajectory_steps=150,
+        explorer_horizon=10,
+        check_headline=True),
+    "ci": SurgicalChapter(
+        surgical=_surgical({
+            "data": {"procedures": 5, "test": 1, "seed": 0, "surgeons": 3},
+            "simulator": {"embedding_dim": 16, "duration_scale": 0.04, "max_frames_factor": 1.5},
+            "model": {"hidden_dim": 24, "action_embed_dim": 8, "head_hidden": 24, "context": 6},
+            "training": {"steps": 60, "batch_size": 16},
+            "evaluation": {"horizons": [0, 1, 5, 10], "start_frame": 6, "embedding_horizon": 3},
+        }),
+        compare=P.CompareSettings(ppo_steps=800, offline_steps=60,
+                                  planner=PlannerConfig(horizon=2, samples=8, iterations=1, elites=2),
+                                  map_stride=4, gap_steps=10, map_policies=MAIN, map_components=MAP_COMPONENTS),
+        seeds=(0, 1),
+        trajectory_steps=30,
+        explorer_horizon=4,
+        check_headline=False,
+        bootstrap_reps=200),
+}
+
+
+def chapter_config(chapter: SurgicalChapter, root: str | Path) -> SurgicalConfig:
+    """The chapter's surgical configuration with its data and checkpoints under ``root``."""
+    root = Path(root)
+    c = chapter.surgical
+    return dataclasses.replace(
+        c, data=dataclasses.replace(c.data, root=str(root / "data")),
+        output=dataclasses.replace(c.output, world_model=str(root / "world_model.pt"),
+                                   results=str(root / "results.json")))
+
+
+# -- recording what a policy does in the simulator -------------------------------------------------
+
+
+@dataclass
+class Recording:
+    """What one policy did over every test procedure it played: per step the phase it acted
+    in, its labels ``(100,)`` and the frame it saw ``(D,)``, and where each procedure began."""
+
+    phases: list[int] = field(default_factory=list)
+    actions: list[np.ndarray] = field(default_factory=list)
+    frames: list[np.ndarray] = field(default_factory=list)
+    starts: list[int] = field(default_factory=list)     # index into the steps of each procedure
+    names: list[str] = field(default_factory=list)
+
+    def procedure(self, index: int) -> np.ndarray:
+        """The frames ``(n, D)`` of the ``index``-th procedure played."""
+        ends = self.starts[1:] + [len(self.frames)]
+        return np.asarray(self.frames[self.starts[index]:ends[index]])
+
+
+class RecordingPolicy:
+    """A simulator policy (``reset(start)``, ``act(obs, info)``) that records into a
+    :class:`Recording` and otherwise does what the wrapped policy does."""
+
+    def __init__(self, policy, recording: Recording):
+        self.policy, self.recording = policy, recording
+
+    def reset(self, start=None) -> None:
+        self.recording.starts.append(len(self.recording.frames))
+        self.recording.names.append("" if start is None else start.name)
+        self.policy.reset(start)
+
+    def act(self, observation: np.ndarray, info: dict | None = None) -> np.ndarray:
+        action = self.policy.act(observation, info)
+        self.recording.phases.append(int((info or {}).get("phase", 0)))
+        self.recording.actions.append(np.asarray(action, np.int8))
+        self.recording.frames.append(np.asarray(observation, np.float32))
+        return action
+
+
+def recorder(recordings: dict[str, Recording]) -> Callable[[str, object], object]:
+    """A ``wrap`` for :func:`~wmbook.surgical.policies.compare_policies` that records every
+    policy's play into ``recordings[name]``."""
+    def wrap(name: str, policy):
+        return RecordingPolicy(policy, recordings.setdefault(name, Recording()))
+    return wrap
+
+
+def phase_action_distribution(recording: Recording, n_phases: int = len(PHASES),
+                              n_actions: int = 100) -> np.ndarray:
+    """``(n_phases, n_actions)``: per phase, the share of each triplet among the labels the
+    policy chose in that phase (rows sum to 1; a phase never reached is a row of NaN)."""
+    out = np.full((n_phases, n_actions), np.nan)
+    phases = np.asarray(recording.phases)
+    actions = np.asarray(recording.actions, dtype=np.float64).reshape(len(phases), n_actions)
+    for k in range(n_phases):
+        counts = actions[phases == k].sum(0)
+        if counts.sum() > 0:
+            out[k] = counts / counts.sum()
+    return out
+
+
+def distribution_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean over the phases both reach of the total-variation distance between two
+    :func:`phase_action_distribution` rows (0: the same choices, 1: disjoint ones)."""
+    both = ~np.isnan(a).any(1) & ~np.isnan(b).any(1)
+    if not both.any():
+        raise ValueError("the two distributions share no phase")
+    return float(0.5 * np.abs(a[both] - b[both]).sum(1).mean())
+
+
+# -- the runs ------------------------------------------------------------------------------------------
+
+
+def prepare(config: SurgicalConfig, progress: bool = False) -> tuple[SurgicalDataset, SurgicalWorldModel,
+                                                                     SurgicalWorldModel, dict]:
+    """Simulate the data and train the dual-path and the clean-only world models (saved
+    atomically beside the data). Returns both models and the wall times."""
+    started = time.perf_counter()
+    dataset = X.ensure_data(config, progress)
+    seconds = {"data": time.perf_counter() - started}
+    out = Path(config.output.world_model)
+    dual, info = X.train(config, dataset, True, out, progress)
+    seconds["world_model"] = info["seconds"]
+    clean, info = X.train(config, dataset, False, out.with_name(out.stem + "_clean" + out.suffix), progress)
+    seconds["world_model_clean"] = info["seconds"]
+    return dataset, dual.eval(), clean.eval(), seconds
+
+
+def run_seed(config: SurgicalConfig, dataset: SurgicalDataset, model: SurgicalWorldModel,
+             chapter: SurgicalChapter, seed: int, record: bool = False, progress: bool = False) -> dict:
+    """Every policy trained and scored with policy seed ``seed`` (the imitation policy samples
+    with it too). With ``record``, the result also holds each policy's :class:`Recording` and
+    its chooser (``"recordings"``, ``"choosers"``)."""
+    torch.manual_seed(seed)
+    seeded = dataclasses.replace(config, evaluation=dataclasses.replace(config.evaluation, policy_seed=seed))
+    settings = dataclasses.replace(chapter.compare, seed=seed)
+    recordings: dict[str, Recording] = {}
+    out = P.compare_policies(seeded, dataset, model, settings, progress=progress, keep_policies=record,
+                             wrap=recorder(recordings) if record else None)
+    if record:
+        out["recordings"] = recordings
+    out["seed"] = seed
+    return out
+
+
+def _seed_job(job: tuple) -> dict:
+    """One seed in a worker process: the data and the world model read back from disk."""
+    config, chapter, seed, world_model = job
+    from wmbook.models.surgical import load_world_model
+    from wmbook.surgical.data import load_dataset
+
+    torch.set_num_threads(1)
+    dataset = load_dataset(config.data.root)
+    return run_seed(config, dataset, load_world_model(world_model).eval(), chapter, seed)
+
+
+def run_all(config: SurgicalConfig, dataset: SurgicalDataset, model: SurgicalWorldModel,
+            clean_model: SurgicalWorldModel, chapter: SurgicalChapter, seeds: Sequence[int],
+            progress: bool = True) -> tuple[list[dict], dict]:
+    """Every seed's :func:`run_seed` and the :func:`dual_path_ablation`. This process runs the
+    first seed (recording its play) and then the ablation, while ``chapter.workers - 1``
+    worker processes run the other seeds (here, one after the other, with one worker).
+    Each run depends on its seed alone, so where it runs does not change its numbers."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    rest = list(seeds[1:])
+    bar = tqdm(total=len(seeds) + 1, desc="seeds and ablation", disable=not progress)
+    pool = None
+    futures = []
+    if rest and chapter.workers > 1:
+        context = multiprocessing.get_context("spawn")  # a clean interpreter per worker
+        pool = ProcessPoolExecutor(max_workers=chapter.workers - 1, mp_context=context)
+        futures = [pool.submit(_seed_job, (config, chapter, seed, config.output.world_model)) for seed in rest]
+    try:
+        runs = [run_seed(config, dataset, model, chapter, seeds[0], record=True)]
+        bar.update(1)
+        # the dual-path model's row is the first seed's own imitation and IQL: the same runs
+        ablation = {"dual path": {n: {"map": runs[0]["map"][n]["1"]["ivt"],
+                                      "true_return": runs[0]["truth"][n]["true_return"],
+                                      "adverse_events": runs[0]["truth"][n]["adverse_events"]}
+                                  for n in ("imitation", "iql")}}
+        ablation.update(dual_path_ablation(config, dataset, {"clean only": clean_model},
+                                           chapter.compare.offline_steps, seeds[0], chapter.compare.map_stride,
+                                           chapter.compare.map_components))
+        bar.update(1)
+        if pool is None:
+            for seed in rest:
+                runs.append(run_seed(config, dataset, model, chapter, seed))
+                bar.update(1)
+        else:
+            for future in futures:
+                runs.append(future.result())
+                bar.update(1)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+        bar.close()
+    return runs, ablation
+
+
+def dual_path_ablation(config: SurgicalConfig, dataset: SurgicalDataset, models: Mapping[str, SurgicalWorldModel],
+                       steps: int, seed: int = 0, map_stride: int = 10,
+                       components: Sequence[str] | None = None) -> dict[str, dict]:
+    """For each world model (e.g. ``{"clean only": ...}``): the imitation policy and an IQL
+    policy trained against it exactly as :func:`run_seed` trains them with ``seed``, scored by
+    ivt mAP (+1 s, context actions as the recogniser saw them) and by their true outcome.
+    Returns ``{model: {policy: {"map": ivt mAP, "true_return": ..., "adverse_events": ...}}}``."""
+    ev = config.evaluation
+    starts = [p.start(ev.start_frame) for p in dataset.test]
+    out: dict[str, dict] = {}
+    for label, model in models.items():
+        data = P.offline_transitions(model, dataset.train)
+        iql = IQL(data.s.shape[1], model.config.n_actions, IQLConfig(steps=steps, seed=seed))
+        train_iql(iql, data.s, data.actions, data.reward, data.s_next, data.done)
+        policies = {"imitation": (P.imitation_chooser(model), lambda start, m=model: ImitationPolicy(m, seed)),
+                    "iql": (P.iql_chooser(model, iql), None)}
+        out[label] = {}
+        for name, (choose, factory) in policies.items():
+            factory = factory or (lambda start, m=model, c=choose: P.LatentPolicy(m, c))
+            table = P.policy_map_table(model, dataset.test, choose, [1], ev.context_actions, map_stride,
+                                       components)
+            truth = E.simulator_outcomes({name: factory}, starts, config.simulator,
+                                         model.config.reward_weights)[name]["mean"]
+            out[label][name] = {"map": table[1]["ivt"], "true_return": truth["true_return"],
+                                "adverse_events": truth["adverse_events"]}
+    return out
+
+
+# -- summaries ------------------------------------------------------------------------------------------
+
+
+def per_seed(runs: Sequence[dict], metric: Callable[[dict, str], float], names: Sequence[str]) -> dict[str, np.ndarray]:
+    """``{policy: (seeds,)}``: ``metric(run, policy)`` of every run."""
+    return {n: np.array([metric(run, n) for run in runs], dtype=np.float64) for n in names}
+
+
+def true_return(run: dict, name: str) -> float:
+    return float(run["truth"][name]["true_return"])
+
+
+def ivt_at(horizon: int) -> Callable[[dict, str], float]:
+    """The metric ``run, policy -> ivt mAP at +horizon s`` (in %)."""
+    def metric(run: dict, name: str) -> float:
+        return 100.0 * float(run["map"][name][str(horizon)]["ivt"])
+    return metric
+
+
+def mean_table(runs: Sequence[dict], names: Sequence[str], horizons: Sequence[int]) -> dict[str, dict]:
+    """Means over the seeds, per policy: ``map[k][component]`` in % and every truth metric."""
+    out: dict[str, dict] = {}
+    for n in names:
+        maps = {}
+        if n in runs[0]["map"]:  # policies left out of the mAP table have truth only
+            maps = {str(k): {c: 100.0 * float(np.mean([run["map"][n][str(k)][c] for run in runs]))
+                             for c in runs[0]["map"][n][str(k)]} for k in horizons}
+        truth = {key: float(np.mean([run["truth"][n][key] for run in runs])) for key in runs[0]["truth"][n]}
+        out[n] = {"map": maps, "truth": truth}
+    return out
+
+
+def ranking(scores: Mapping[str, float], higher_is_better: bool = True) -> list[str]:
+    """The names ordered best first (ties keep the order of ``scores``)."""
+    names = list(scores)
+    return sorted(names, key=lambda n: -scores[n] if higher_is_better else scores[n])
+
+
+def kendall_tau(first: Sequence[str], second: Sequence[str]) -> float:
+    """Kendall's rank correlation of two orderings of the same names: 1 the same order, -1 the
+    reverse, 0 unrelated (no ties)."""
+    if sorted(first) != sorted(second) or len(set(first)) != len(first):
+        raise ValueError(f"the rankings must order the same distinct names, got {first} and {second}")
+    if len(first) < 2:
+        raise ValueError("Kendall's tau needs at least two names")
+    pos = {n: i for i, n in enumerate(second)}
+    concordant = discordant = 0
+    for i in range(len(first)):
+        for j in range(i + 1, len(first)):
+            if pos[first[i]] < pos[first[j]]:
+                concordant += 1
+            else:
+                discordant += 1
+    return (concordant - discordant) / (concordant + discordant)
+
+
+def format_rank_table(by_map: Sequence[str], by_truth: Sequence[str]) -> str:
+    """Markdown: the two rankings side by side, one row per rank."""
+    lines = ["| rank | by ivt mAP (+1 s) against the expert | by true return in the simulator |",
+             "|---|---|---|"]
+    for i, (a, b) in enumerate(zip(by_map, by_truth)):
+        lines.append(f"| {i + 1} | {LABELS.get(a, a)} | {LABELS.get(b, b)} |")
+    return "\n".join(lines)
+
+
+def format_map_table(means: Mapping[str, dict], names: Sequence[str], horizons: Sequence[int],
+                     current: Mapping[str, float] | None = None) -> str:
+    """Markdown: DARIL's table in miniature, ivt mAP (%) per horizon and i, v, t at the first,
+    each a mean over the seeds; ``current`` is the imitation baseline's recognition column."""
+    head = ["current"] + [f"+{k} s" for k in horizons]
+    lines = ["| policy | " + " | ".join(f"ivt {h}" for h in head) + " | i | v | t (+1 s) |",
+             "|---" * (len(head) + 4) + "|"]
+    for n in names:
+        row = means[n]["map"]
+        now = f"{100 * current['ivt']:.1f}" if (current is not None and n == "imitation") else "-"
+        first = row[str(horizons[0])]
+        lines.append(f"| {LABELS.get(n, n)} | {now} | " + " | ".join(f"{row[str(k)]['ivt']:.1f}" for k in horizons)
+                     + f" | {first['i']:.1f} | {first['v']:.1f} | {first['t']:.1f} |")
+    return "\n".join(lines)
+
+
+def format_truth_table(means: Mapping[str, dict], names: Sequence[str]) -> str:
+    """Markdown: the truth table, means over the seeds (the expert's row is its own play)."""
+    lines = ["| policy | completed | time to complete (s) | adverse events | true risk | true return "
+             "| promised | true (same s) | exploitation gap |", "|---" * 9 + "|"]
+    for n in names:
+        r = means[n]["truth"]
+        promised = r.get("promised_return", float("nan"))
+        lines.append(f"| {LABELS.get(n, n)} | {100 * r['completed']:.0f} % | {r['frames']:.0f} | "
+                     f"{r['adverse_events']:.2f} | {r['true_risk']:.1f} | {r['true_return']:.1f} | "
+                     f"{promised:.1f} | {r.get('true_prefix_return', float('nan')):.1f} | "
+                     f"{r.get('exploitation_gap', float('nan')):.1f} |")
+    return "\n".join(lines).replace("| nan |", "| - |").replace("| nan |", "| - |")
+
+
+# -- trajectories and the explorer ------------------------------------------------------------------------
+
+
+class Projection:
+    """A 2-D principal-component projection of frame embeddings, fitted on ``frames`` ``(N, D)``."""
+
+    def __init__(self, frames: np.ndarray):
+        frames = np.asarray(frames, np.float64)
+        if frames.ndim != 2 or len(frames) < 3:
+            raise ValueError(f"fit the projection on frames of shape (N >= 3, D), got {frames.shape}")
+        self.mean = frames.mean(0)
+        _, _, vt = np.linalg.svd(frames - self.mean, full_matrices=False)
+        self.axes = vt[:2]
+        self.axes *= np.where(self.axes.sum(1, keepdims=True) < 0, -1.0, 1.0)  # a fixed sign
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        """``(n, 2)`` coordinates of ``frames`` ``(n, D)``."""
+        return (np.asarray(frames, np.float64) - self.mean) @ self.axes.T
+
+
+@torch.no_grad()
+def imagined_trajectory(model: SurgicalWorldModel, procedure, start: int, steps: int) -> np.ndarray:
+    """The world model's open-loop frames ``(n, D)`` after frame ``start - 1`` of ``procedure``
+    under the expert's logged triplets, from its last ``context`` frames."""
+    W = model.config.context
+    if start < W:
+        raise ValueError(f"start {start} must leave a context of {W} frames")
+    z = torch.from_numpy(procedure.embeddings[None, start - W:start].astype(np.float32))
+    a = torch.from_numpy(procedure.triplets[None, start - W:start].astype(np.float32))
+    latent = model.filter_window(z, a)
+    frames = []
+    for t in range(start, min(start + steps, len(procedure))):
+        latent = model.predict(latent, torch.from_numpy(procedure.triplets[None, t].astype(np.float32))).latent
+        frames.append(latent.z[0].numpy())
+    return np.asarray(frames)
+
+
+@dataclass
+class Outlook:
+    """What one policy does from a moment of a test procedure: its first labels and, played
+    in the simulator for ``horizon`` seconds, the true reward per second ``(n,)``, the true
+    risk per second ``(n,)`` and the adverse events."""
+
+    labels: list[str]
+    rewards: np.ndarray
+    risks: np.ndarray
+    events: int
+
+
+def outlook(model: SurgicalWorldModel, policies: Mapping[str, Callable[[object], object]], procedure,
+            t: int, simulator, reward_weights: Mapping[str, float], horizon: int) -> dict[str, Outlook]:
+    """From frame ``t`` of ``procedure`` (its history as context), each policy's next labels
+    and what the simulator says happens over the next ``horizon`` seconds. ``policies`` maps a
+    name to a factory ``start -> policy``."""
+    start = procedure.start(t)
+    env = E.SurgicalEnv(simulator, reward_weights)
+    out: dict[str, Outlook] = {}
+    for name, make in policies.items():
+        policy = make(start)
+        obs, info = env.reset(options={"start": start})
+        policy.reset(start)
+        rewards, risks, events, first = [], [], 0, None
+        for _ in range(horizon):
+            action = policy.act(obs, info)
+            if first is None:
+                first = [triplet_name(int(i)) for i in np.flatnonzero(action)]
+            obs, reward, terminated, truncated, info = env.step(action)
+            rewards.append(reward)
+            risks.append(info["rewards"]["_r_risk"])
+            events += len(info["events"])
+            if terminated or truncated:
+                break
+        out[name] = Outlook(first or [], np.asarray(rewards), np.asarray(risks), events)
+    return out
+
+
+# -- figures ---------------------------------------------------------------------------------------------
+
+
+def smooth(values: Sequence[float], window: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(index, mean)`` of consecutive windows of ``window`` values (the last partial one dropped)."""
+    values = np.asarray(values, dtype=float)
+    window = max(1, min(window, len(values)))
+    usable = len(values) // window * window
+    return np.arange(usable // window) * window + window / 2, values[:usable].reshape(-1, window).mean(1)
+
+
+def plot_reward_curves(runs: Sequence[dict], names: Sequence[str] = ("ppo", "ppo_safe", "ppo_alt_weights"),
+                       window: int = 20):
+    """Imagined episode returns of each PPO run during training (one line per seed, smoothed
+    over ``window`` episodes), and the Lagrange multiplier of the constrained runs."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.6))
+    for i, name in enumerate(names):
+        for j, run in enumerate(runs):
+            x, y = smooth(run["curves"][name]["episode_returns"], window)
+            axes[0].plot(x, y, color=f"C{i}", alpha=0.8, lw=1.2, label=LABELS[name] if j == 0 else None)
+    axes[0].set_xlabel("imagined episode")
+    axes[0].set_ylabel("return the world model gives")
+    axes[0].set_title("PPO in the world model: reward during training")
+    axes[0].legend(fontsize=8)
+    for j, run in enumerate(runs):
+        axes[1].plot(run["curves"]["ppo_safe"]["lagrange"], color="C1", alpha=0.8, label=f"seed {run['seed']}")
+    axes[1].set_xlabel("PPO update")
+    axes[1].set_ylabel(r"Lagrange multiplier $\lambda$")
+    axes[1].set_title("the risk constraint's price")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_action_distributions(distributions: Mapping[str, np.ndarray], top: int = 12):
+    """Per phase (rows), the share of the ``top`` triplets most chosen overall (columns), one
+    panel per policy."""
+    names = list(distributions)
+    stacked = np.nan_to_num(np.stack([distributions[n] for n in names]))
+    order = np.argsort(-stacked.sum((0, 1)))[:top]
+    fig, axes = plt.subplots(1, len(names), figsize=(2.6 * len(names) + 1, 4.2), sharey=True)
+    axes = np.atleast_1d(axes)
+    for ax, name in zip(axes, names):
+        image = ax.imshow(np.nan_to_num(distributions[name][:, order], nan=0.0), vmin=0, vmax=1,
+                          cmap="viridis", aspect="auto")
+        ax.set_title(LABELS.get(name, name), fontsize=9)
+        ax.set_xticks(range(len(order)), [triplet_name(int(i)) for i in order], rotation=90, fontsize=6)
+        ax.grid(False)
+    axes[0].set_yticks(range(len(PHASES)), [p.replace("_", " ") for p in PHASES], fontsize=7)
+    fig.colorbar(image, ax=list(axes), shrink=0.8, label="share of the phase's labels")
+    return fig
+
+
+def running_mean(frames: np.ndarray, window: int) -> np.ndarray:
+    """``(n - window + 1, D)``: the mean of every ``window`` consecutive frames ``(n, D)`` (all
+    of them, as one row, when there are fewer)."""
+    frames = np.asarray(frames, np.float64)
+    window = max(1, min(window, len(frames)))
+    sums = np.cumsum(np.concatenate([np.zeros((1, frames.shape[1])), frames]), 0)
+    return (sums[window:] - sums[:-window]) / window
+
+
+def plot_state_trajectories(projection: Projection, real: np.ndarray, imagined: np.ndarray,
+                            policies: Mapping[str, np.ndarray], cloud: np.ndarray | None = None,
+                            window: int = 10):
+    """2-D projections of one test procedure's frames from the start: real (the expert),
+    imagined by the world model under the expert's actions, and each policy's in the
+    simulator, each as a running mean over ``window`` seconds (a frame carries noise that would
+    hide the drift); ``cloud``: the training frames, grey, for orientation."""
+    fig, ax = plt.subplots(figsize=(9, 5.2))
+    if cloud is not None:
+        xy = projection(cloud)
+        ax.scatter(xy[:, 0], xy[:, 1], s=2, color="0.85", label="training frames")
+    for label, frames, style in (("real (expert)", real, dict(color="k", lw=2.2)),
+                                 ("imagined (expert's actions)", imagined, dict(color="k", ls="--", lw=1.5))):
+        xy = projection(running_mean(frames, window))
+        ax.plot(xy[:, 0], xy[:, 1], label=label, **style)
+    for i, (name, frames) in enumerate(policies.items()):
+        xy = projection(running_mean(frames, window))
+        ax.plot(xy[:, 0], xy[:, 1], color=f"C{i}", lw=1.4, alpha=0.9, label=LABELS.get(name, name))
+        ax.plot(xy[-1, 0], xy[-1, 1], "o", color=f"C{i}", ms=5)
+    xy = projection(running_mean(real, window)[:1])
+    ax.plot(xy[0, 0], xy[0, 1], "k*", ms=12, label="start")
+    ax.set_xlabel("principal component 1")
+    ax.set_ylabel("principal component 2")
+    ax.set_title(f"running means over {window} s; a dot marks where each policy ended", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    return fig
+
+
+def plot_rankings(map_scores: Mapping[str, float], truth_scores: Mapping[str, float]):
+    """Each policy's ivt mAP against its true return (means over seeds), and the two rankings
+    joined by lines: crossing lines are policies the two scores order differently."""
+    names = list(map_scores)
+    by_map, by_truth = ranking(map_scores), ranking(truth_scores)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.0))
+    for i, n in enumerate(names):
+        axes[0].scatter(map_scores[n], truth_scores[n], color=f"C{i}", s=40, label=LABELS.get(n, n))
+        axes[1].plot([0, 1], [by_map.index(n), by_truth.index(n)], "-o", color=f"C{i}", lw=2)
+    axes[0].set_xlabel("ivt mAP at +1 s against the expert (%)")
+    axes[0].set_ylabel("true return in the simulator")
+    axes[0].legend(fontsize=7)
+    axes[1].set_xticks([0, 1], ["rank by mAP", "rank by true return"])
+    axes[1].set_yticks(range(len(names)), [f"{i + 1}" for i in range(len(names))])
+    axes[1].invert_yaxis()
+    for side, order in ((0, by_map), (1, by_truth)):
+        for r, n in enumerate(order):
+            axes[1].annotate(LABELS.get(n, n), (side, r), xytext=(-8 if side == 0 else 8, 0),
+                             textcoords="offset points", ha="right" if side == 0 else "left",
+                             va="center", fontsize=8)
+    axes[1].set_xlim(-0.8, 1.8)
+    axes[1].grid(False)
+    fig.tight_layout()
+    return fig
+
+
+def plot_outlook(outlooks: Mapping[str, Outlook], title: str = ""):
+    """The explorer's figure: each policy's first labels (as text, above) and its cumulative
+    true reward and true risk over the seconds that follow (below)."""
+    names = list(outlooks)
+    fig = plt.figure(figsize=(12, 3.2 + 0.28 * len(names)))
+    grid = fig.add_gridspec(2, 2, height_ratios=[0.28 * len(names) + 0.3, 3.0])
+    text = fig.add_subplot(grid[0, :])
+    text.axis("off")
+    for i, n in enumerate(names):
+        labels = "; ".join(outlooks[n].labels) or "nothing"
+        text.text(0.0, 1 - (i + 0.5) / len(names), f"{LABELS.get(n, n):<24} {labels}", va="center",
+                  fontsize=8, family="monospace", color=f"C{i}", transform=text.transAxes)
+    reward, risk = fig.add_subplot(grid[1, 0]), fig.add_subplot(grid[1, 1])
+    for i, n in enumerate(names):
+        o = outlooks[n]
+        steps = np.arange(1, len(o.rewards) + 1)
+        reward.plot(steps, np.cumsum(o.rewards), color=f"C{i}", marker="o", ms=3, label=LABELS.get(n, n))
+        risk.plot(steps, o.risks, color=f"C{i}", marker="o", ms=3, label=f"{o.events} adverse events")
+    reward.set_xlabel("seconds after the moment")
+    reward.set_ylabel("cumulative true reward")
+    risk.set_xlabel("seconds after the moment")
+    risk.set_ylabel("true risk per second")
+    reward.legend(fontsize=7)
+    risk.legend(fontsize=7)
+    text.set_title(title or "next labels", fontsize=10, loc="left")
+    fig.tight_layout()
+    return fig
+
+
+# -- sentences built from the numbers ---------------------------------------------------------------
+
+# The full profile's headline as measured (the checks assert that a rerun finds the same).
+EXPECTED = {"target_reached": False, "rankings_disagree": False}
+
+
+def difference_text(value: float, reference: float, what: str, digits: int = 1) -> str:
+    """``"the true return rose from -20.0 to -12.5"`` (or fell, or stayed): ``what`` going
+    from ``reference`` to ``value``, in words the numbers support."""
+    a, b = round(reference, digits), round(value, digits)
+    if a == b:
+        return f"{what} stayed at {b:.{digits}f}"
+    return f"{what} {'rose' if b > a else 'fell'} from {a:.{digits}f} to {b:.{digits}f}"
+
+
+def change_text(events: Mapping[str, float], risk: Mapping[str, float]) -> str:
+    """The safety ablation in words: per policy, how the constraint changed the adverse events
+    per procedure and the accumulated true risk (constrained minus unconstrained)."""
+    parts = []
+    for name in events:
+        e, r = events[name], risk[name]
+        parts.append(f"{LABELS[name]} had {abs(e):.2f} {'fewer' if e < 0 else 'more'} adverse events per "
+                     f"procedure and {abs(r):.1f} {'less' if r < 0 else 'more'} true risk"
+                     if round(e, 2) != 0 else
+                     f"{LABELS[name]} had as many adverse events and {abs(r):.1f} "
+                     f"{'less' if r < 0 else 'more'} true risk")
+    return "; ".join(parts)
+
+
+def headline_text(reached: bool, best: str, best_return: float, imitation_return: float,
+                  best_events: float, expert_events: float, safe: str, safe_return: float,
+                  safe_events: float) -> str:
+    """The headline in words: whether a planner or RL policy beat imitation on the truth while
+    keeping adverse events at or below the surgeons', with the measured numbers."""
+    head = (f"The best RL or planner policy, {best}, returned {best_return:.1f} against imitation's "
+            f"{imitation_return:.1f}, with {best_events:.2f} adverse events per procedure against the "
+            f"surgeons' {expert_events:.2f}")
+    if reached:
+        return head + ": the target, a policy that beats imitation on the truth as safely as the surgeons, is reached."
+    beats = best_return > imitation_return
+    why = ("it beat imitation, but with more adverse events than the surgeons" if beats
+           else "no RL or planner policy beat imitation on the truth")
+    return (head + f": the target is not reached ({why}). The best constrained policy, {safe}, "
+            f"returned {safe_return:.1f} with {safe_events:.2f} adverse events.")
