@@ -337,3 +337,47 @@ def test_a_video_driver_set_by_the_user_is_kept():
     done = _render_in_a_fresh_process(SDL_VIDEODRIVER="offscreen")
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[:2] == ["offscreen", "offscreen"]
+
+
+# -- the fovea view -----------------------------------------------------------------------------
+
+def _fovea_frame(state, size=64):
+    env = make_pixel_env(size=size, layout="hwc", fovea=True)
+    env.reset(seed=0)
+    return _frame_of(env, state)
+
+
+def test_fovea_frames_keep_their_shape():
+    env = make_pixel_env(size=(32, 48), fovea=True)
+    frame, _ = env.reset(seed=0)
+    assert frame.shape == env.observation_space.shape == (3, 32, 48) and frame.dtype == np.uint8
+
+
+def test_the_fovea_follows_the_cart_and_the_track_view_shows_where_it_is():
+    # 0.8 m is exactly 100 source pixels: the window around the cart must not change at all
+    here, there = _fovea_frame([0.0, 0, 0.05, 0]), _fovea_frame([0.8, 0, 0.05, 0])
+    assert np.array_equal(here[:32], there[:32])
+    assert not np.array_equal(here[32:], there[32:])
+    assert _cart_columns(there[32:]).mean() > _cart_columns(here[32:]).mean() + 5
+
+
+@pytest.mark.parametrize("x", [-1.5, 0.0, 1.5])
+def test_the_fovea_shows_the_lean_far_larger_than_the_whole_track_view(x):
+    def tip_shift(frames):
+        return _pole_column(frames[1][:8]) - _pole_column(frames[0][:8])
+
+    fovea = [_fovea_frame([x, 0, theta, 0]) for theta in (-0.1, 0.1)]
+    plain = make_pixel_env(layout="hwc")
+    plain.reset(seed=0)
+    track = [_frame_of(plain, [x, 0, theta, 0]) for theta in (-0.1, 0.1)]
+    assert tip_shift(fovea) > 3 * tip_shift(track) > 0
+
+
+def test_the_cart_is_found_in_the_pixels_at_the_end_of_the_track():
+    frame = _fovea_frame([2.35, 0, 0.0, 0])
+    assert _pole_share(frame[:32]).sum() > 10  # the pole is still in the window
+
+
+def test_the_fovea_is_cartpoles_only():
+    with pytest.raises(ValueError, match="not CartPole"):
+        make_pixel_env("Pendulum-v1", fovea=True)

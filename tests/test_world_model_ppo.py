@@ -1,6 +1,7 @@
 """Chapter 4's trainer: the YAML configuration, a tiny run, resume equal to an uninterrupted run,
 and the command line (through ``python -m wmbook train-world-model-ppo``)."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -23,7 +24,8 @@ TINY = {
     "world_model": {
         "vae": {"latent_dim": 4, "hidden_dims": [16], "channels": [4, 8], "batch_size": 16},
         "mdn_rnn": {"hidden_dim": 8, "num_mixtures": 2, "batch_size": 4, "chunk_length": 4},
-        "training": {"pretrain_epochs": 1, "imagination_ratio": 0.5, "imagination_horizon": 3},
+        "training": {"pretrain_epochs": 1, "memory_epochs": 1, "imagination_ratio": 0.5,
+                     "imagination_horizon": 3},
         "data_collection": {"random_collection_steps": 60},
     },
     "evaluation": {"episodes": 2},
@@ -55,6 +57,8 @@ def test_the_seed_keys_are_there():
     ({"world_model": {"vae": {"hidden_dims": 256}}}, r"world_model\.vae\.hidden_dims must be a list"),
     ({"world_model": {"training": {"imagination_ratio": 1.0}}}, r"imagination_ratio must lie in \[0, 1\)"),
     ({"total_timesteps": -1}, r"total_timesteps must be positive"),
+    ({"world_model": {"training": {"memory_epochs": -2}}}, r"memory_epochs must be >= 0"),
+    ({"env": {"fovea": "yes"}}, r"env\.fovea must be true or false"),
 ])
 def test_bad_configurations_are_named(data, message):
     with pytest.raises(ConfigError, match=message):
@@ -147,3 +151,25 @@ def test_command_line_trains_resumes_and_logs_to_tensorboard(tmp_path):
     again = cli("--resume", "run/checkpoint.pt", cwd=tmp_path)  # a finished run resumes to the same end
     assert again.returncode == 0, again.stderr
     assert json.loads((tmp_path / "run" / "result.json").read_text())["final_returns"] == result["final_returns"]
+
+
+def test_the_ppo_section_takes_its_defaults_from_ppo_config():
+    from wmbook.agents.ppo import PPOConfig
+    from wmbook.agents.world_model_ppo import PPO_KEYS, PPOSection
+
+    section, defaults = PPOSection(), PPOConfig()
+    assert sorted(f.name for f in dataclasses.fields(section)) == sorted(PPO_KEYS)
+    assert all(getattr(section, key) == getattr(defaults, key) for key in PPO_KEYS)
+    trainer_config = WorldModelPPOTrainer(config_from_dict({**TINY, "ppo": {"gamma": 0.9}})).ppo_config()
+    assert trainer_config.gamma == 0.9 and trainer_config.n_epochs == defaults.n_epochs
+
+
+@pytest.mark.parametrize("memory_epochs, passes", [(0, 1), (3, 3)])
+def test_m_trains_for_memory_epochs_passes_or_as_many_as_v(tmp_path, memory_epochs, passes):
+    config = tiny(tmp_path, **{"world_model.training.memory_epochs": memory_epochs, "env.fovea": False})
+    trainer = WorldModelPPOTrainer(config)
+    trainer.pretrain()
+    wm = config.world_model
+    per_pass = -(-len(trainer.random_latents) // (wm.mdn_rnn.batch_size * wm.mdn_rnn.chunk_length))
+    assert len(trainer.result.mdn_history["nll"]) == passes * per_pass
+    assert len(trainer.result.vae_history["reconstruction"]) == wm.training.pretrain_epochs

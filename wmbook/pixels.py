@@ -24,6 +24,18 @@ carries 60% to 100% of the pole's full contrast depending on where the cart stan
 pixel grid. So the pole is thin but never lost, and its lean moves the tip by up to 2.7
 pixels at the 12 degrees where an episode ends.
 
+The fovea (``fovea=True``, CartPole only). At 9.4 source columns per output column no VAE of
+the size a CPU affords learns the pole's lean from the band alone (measured in Chapter 4: a
+linear read-out of the angle from its code explained none of the variance). The fovea view
+spends half of the output rows on a window centred on the cart instead: the top ``H // 2``
+rows show the band's rows above the cart, ``2 * FOVEA_HALF_WIDTH`` source columns wide around
+the cart's centre (2 source columns per output column at 64 wide, so the pole is 5 pixels wide
+and its lean at 12 degrees moves the tip by 13); the bottom ``H - H // 2`` rows show the whole
+band as before, which keeps the cart's position on the track. The cart's centre is found in the
+rendered frame itself, as the middle of the dark columns in the rows of the cart's body above
+the track line (:func:`cartpole_cart_column`), never from the state, and the same rule is
+applied to every frame; beyond the frame's edges the window is white.
+
 Headless rendering. CartPole draws with pygame, which needs a video driver even to draw into
 an off-screen surface. Importing this module sets ``SDL_VIDEODRIVER=dummy`` unless the
 variable is already set, so that frames render without a display (CI, Colab, notebooks run by
@@ -60,6 +72,8 @@ _CART_HEIGHT = 30.0
 _AXLE_OFFSET = _CART_HEIGHT / 4
 _POLE_WIDTH = 10.0
 _CROP_MARGIN = 4  # room for anti-aliased edges and a pole slightly past the angle limit
+FOVEA_HALF_WIDTH = 64  # source columns either side of the cart's centre (the tip at 30 degrees)
+_DARK = 60  # the cart's body is black; the pole, the axle and the background are lighter
 
 
 def _int_at_least(value: Any, low: int) -> int | None:
@@ -100,6 +114,21 @@ def cartpole_crop(env: gym.Env) -> Crop:
     return top, bottom, 0, core.screen_width
 
 
+def cartpole_cart_column(frame: np.ndarray, env: gym.Env) -> int:
+    """The column of the cart's centre in CartPole's full rendered frame ``(h, w, 3)`` uint8.
+
+    The middle of the columns holding dark pixels in the rows of the cart's body above the
+    track line (the track is drawn as a dark line through the cart's centre, so those rows are
+    left out). A cart partly beyond the frame's edge gives the middle of its visible part; a
+    frame without any (the cart wholly outside it) gives the frame's centre.
+    """
+    core = env.unwrapped
+    cart_top = core.screen_height - (_CART_Y + _CART_HEIGHT / 2)
+    rows = frame[math.ceil(cart_top) + 1:core.screen_height - _CART_Y - 2]
+    dark = np.flatnonzero((rows.max(axis=2) < _DARK).any(axis=0))
+    return int(round((dark[0] + dark[-1]) / 2)) if len(dark) else frame.shape[1] // 2
+
+
 def _check_crop(crop: Any) -> Crop:
     box = tuple(_int_at_least(c, 0) for c in crop) if isinstance(crop, (tuple, list)) else ()
     if len(box) != 4 or None in box or box[0] >= box[1] or box[2] >= box[3]:
@@ -118,6 +147,8 @@ class PixelObservation(gym.Wrapper, gym.utils.RecordConstructorArgs):
         crop: ``(top, bottom, left, right)`` rows and columns of the full frame to keep
             (end-exclusive); ``None`` keeps the whole frame; ``"auto"`` picks
             :func:`cartpole_crop` for CartPole and the whole frame for anything else.
+        fovea: CartPole only: the top half of the output is a window centred on the cart (see
+            the module's docstring), the bottom half the cropped band.
 
     Observations are fresh, C-contiguous uint8 arrays in ``Box(0, 255, shape, uint8)``.
     ``info["state"]`` holds the wrapped environment's own observation of the same step. The
@@ -126,8 +157,8 @@ class PixelObservation(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """
 
     def __init__(self, env: gym.Env, size: int | tuple[int, int] = 64, layout: str = "chw",
-                 crop: Crop | str | None = "auto"):
-        gym.utils.RecordConstructorArgs.__init__(self, size=size, layout=layout, crop=crop)
+                 crop: Crop | str | None = "auto", fovea: bool = False):
+        gym.utils.RecordConstructorArgs.__init__(self, size=size, layout=layout, crop=crop, fovea=fovea)
         gym.Wrapper.__init__(self, env)
         if env.render_mode != "rgb_array":
             raise ValueError(f"PixelObservation needs an environment made with render_mode='rgb_array', got "
@@ -144,12 +175,20 @@ class PixelObservation(gym.Wrapper, gym.utils.RecordConstructorArgs):
             self.crop: Crop | None = cartpole_crop(env) if is_cartpole else None
         else:
             self.crop = None if crop is None else _check_crop(crop)
+        self.fovea = bool(fovea)
+        if self.fovea:
+            if not isinstance(env.unwrapped, CartPoleEnv):
+                raise ValueError(f"fovea=True finds CartPole's cart in the frame; {env.unwrapped} is not CartPole")
+            if self.height < 2:
+                raise ValueError(f"fovea=True splits the frame's rows in two; size {size!r} has fewer than 2")
+            self.crop = self.crop or (0, env.unwrapped.screen_height, 0, env.unwrapped.screen_width)
         shape = (3, self.height, self.width) if layout == "chw" else (self.height, self.width, 3)
         self.observation_space = gym.spaces.Box(0, 255, shape, np.uint8)
         self.metadata = {**env.metadata, "render_modes": ["rgb_array"]}
 
     def frame(self) -> np.ndarray:
-        """The current frame as an observation: rendered, cropped, downscaled, uint8 ``shape``."""
+        """The current frame as an observation: rendered, cropped (or, with ``fovea``, cut into the
+        window on the cart above the band), downscaled, uint8 ``shape``."""
         frame = self.env.render()
         if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
             described = f"{frame.dtype} {frame.shape}" if isinstance(frame, np.ndarray) else type(frame).__name__
@@ -159,12 +198,28 @@ class PixelObservation(gym.Wrapper, gym.utils.RecordConstructorArgs):
             if bottom > frame.shape[0] or right > frame.shape[1]:
                 raise ValueError(f"crop {self.crop} (top, bottom, left, right) reaches outside the rendered "
                                  f"frame of {frame.shape[0]} x {frame.shape[1]} pixels")
-            frame = frame[top:bottom, left:right]
-        # BOX: each output pixel is the area-weighted mean of the source pixels under it.
-        small = Image.fromarray(np.ascontiguousarray(frame)).resize(
-            (self.width, self.height), Image.Resampling.BOX)
-        pixels = np.asarray(small, dtype=np.uint8)
+        if self.fovea:
+            pixels = self._fovea(frame)
+        else:
+            if self.crop is not None:
+                top, bottom, left, right = self.crop
+                frame = frame[top:bottom, left:right]
+            pixels = _shrink(frame, self.height, self.width)
         return np.ascontiguousarray(pixels.transpose(2, 0, 1)) if self.layout == "chw" else pixels.copy()
+
+    def _fovea(self, frame: np.ndarray) -> np.ndarray:
+        """The fovea view ``(H, W, 3)`` of a full CartPole frame: the window around the cart on top
+        of the whole band."""
+        top, bottom, left, right = self.crop
+        centre = cartpole_cart_column(frame, self.env)
+        cart_top = self.env.unwrapped.screen_height - (_CART_Y + _CART_HEIGHT / 2)
+        rows = frame[top:min(bottom, math.ceil(cart_top) + _CROP_MARGIN)]
+        # white beyond the frame's edges, so a cart at the end of the track stays centred
+        padded = np.pad(rows, ((0, 0), (FOVEA_HALF_WIDTH, FOVEA_HALF_WIDTH), (0, 0)), constant_values=255)
+        window = padded[:, centre:centre + 2 * FOVEA_HALF_WIDTH]
+        upper = self.height // 2
+        return np.concatenate([_shrink(window, upper, self.width),
+                               _shrink(frame[top:bottom, left:right], self.height - upper, self.width)])
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         state, info = self.env.reset(seed=seed, options=options)
@@ -173,6 +228,13 @@ class PixelObservation(gym.Wrapper, gym.utils.RecordConstructorArgs):
     def step(self, action) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict]:
         state, reward, terminated, truncated, info = self.env.step(action)
         return self.frame(), reward, terminated, truncated, {**info, "state": state}
+
+
+def _shrink(frame: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``frame`` ``(h, w, 3)`` uint8 resized to ``(height, width, 3)`` with a box filter (each
+    output pixel is the area-weighted mean of the source pixels under it)."""
+    small = Image.fromarray(np.ascontiguousarray(frame)).resize((width, height), Image.Resampling.BOX)
+    return np.asarray(small, dtype=np.uint8)
 
 
 class ActionRepeat(gym.Wrapper, gym.utils.RecordConstructorArgs):
@@ -204,12 +266,12 @@ class ActionRepeat(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
 def make_pixel_env(env_id: str = "CartPole-v1", size: int | tuple[int, int] = 64, seed: int | None = None,
                    *, layout: str = "chw", crop: Crop | str | None = "auto", action_repeat: int = 1,
-                   **kwargs) -> PixelObservation:
+                   fovea: bool = False, **kwargs) -> PixelObservation:
     """``gymnasium.make(env_id, render_mode="rgb_array", **kwargs)`` seen through its pixels.
 
     ``seed`` seeds the action space (reset the environment with a seed for reproducible
     frames); ``action_repeat > 1`` adds :class:`ActionRepeat` beneath the pixels. ``size``,
-    ``layout`` and ``crop`` are :class:`PixelObservation`'s.
+    ``layout``, ``crop`` and ``fovea`` are :class:`PixelObservation`'s.
     """
     if kwargs.get("render_mode", "rgb_array") != "rgb_array":
         raise ValueError(f"pixel observations need render_mode='rgb_array', got {kwargs['render_mode']!r}")
@@ -217,4 +279,4 @@ def make_pixel_env(env_id: str = "CartPole-v1", size: int | tuple[int, int] = 64
     env = make_env(env_id, seed=seed, **kwargs)
     if action_repeat != 1:
         env = ActionRepeat(env, action_repeat)
-    return PixelObservation(env, size=size, layout=layout, crop=crop)
+    return PixelObservation(env, size=size, layout=layout, crop=crop, fovea=fovea)

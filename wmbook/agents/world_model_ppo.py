@@ -6,8 +6,10 @@ The run, top to bottom (:meth:`WorldModelPPOTrainer.train`):
    random policy, stored as whole episodes of frames (:class:`~wmbook.buffers.SequenceBuffer`).
 2. **Pretraining V** (:class:`~wmbook.models.vae.ConvVAE`) on those frames for
    ``training.pretrain_epochs`` epochs, then **M** (:class:`~wmbook.models.mdn_rnn.MDNRNN`) on
-   their latents for as many passes over the time steps (``training.pretrain_memory: false``
-   leaves M untrained, the ablation of Chapter 4).
+   their latents for ``training.memory_epochs`` passes over the time steps (0: as many as V's
+   epochs; ``training.pretrain_memory: false`` leaves M untrained, the ablation of Chapter 4).
+   M is cheap and its end head, which carries CartPole's whole task in the dream, needs many
+   more updates than V: with few, it predicts little more than how often random play ends.
 3. **Mixed training**: every iteration collects ``num_envs x n_steps`` real steps with the
    controller, whose input is ``[z, h]`` (V's latent of the frame and M's hidden state), then
    imagines ``imagination_ratio / (1 - imagination_ratio)`` times as many steps with M, in
@@ -91,6 +93,7 @@ class MDNSection:
 @dataclass(frozen=True)
 class TrainingSection:
     pretrain_epochs: int = 10
+    memory_epochs: int = 100  # passes of M over the random data (0: as many as pretrain_epochs)
     imagination_ratio: float = 0.5
     imagination_horizon: int = 15
     pretrain_memory: bool = True
@@ -116,21 +119,16 @@ class EnvSection:
     frame_size: int = 64
     action_repeat: int = 2
     num_envs: int = 8
+    fovea: bool = True  # CartPole: half the frame is a window centred on the cart (ignored elsewhere)
 
 
-@dataclass(frozen=True)
-class PPOSection:
-    n_steps: int = 32
-    batch_size: int = 256
-    n_epochs: int = 20
-    gamma: float = 0.98
-    gae_lambda: float = 0.8
-    clip_range: float = 0.2
-    ent_coef: float = 0.0
-    vf_coef: float = 0.5
-    max_grad_norm: float = 0.5
-    learning_rate: float = 1e-3
-    hidden_sizes: tuple[int, ...] = (64, 64)
+# the ``ppo`` section: these of PPOConfig's settings, with PPOConfig's defaults (one home for them)
+PPO_KEYS = ("n_steps", "batch_size", "n_epochs", "gamma", "gae_lambda", "clip_range", "ent_coef", "vf_coef",
+            "max_grad_norm", "learning_rate", "hidden_sizes")
+PPOSection = dataclasses.make_dataclass(
+    "PPOSection", [(f.name, f.type, field(default=f.default)) for f in dataclasses.fields(PPOConfig)
+                   if f.name in PPO_KEYS], frozen=True)
+PPOSection.__module__ = __name__  # found by pickle (the chapter's worker processes) and type hints
 
 
 @dataclass(frozen=True)
@@ -250,6 +248,9 @@ def check_config(c: Config) -> None:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key} must be positive, got {value}")
+    if c.world_model.training.memory_epochs < 0:
+        raise ConfigError(f"world_model.training.memory_epochs must be >= 0, got "
+                          f"{c.world_model.training.memory_epochs}")
     if c.seed < 0:
         raise ConfigError(f"seed must be >= 0, got {c.seed}")
     if not 0.0 <= c.world_model.training.imagination_ratio < 1.0:
@@ -260,6 +261,12 @@ def check_config(c: Config) -> None:
         raise ConfigError(f"world_model.mdn_rnn.temperature must be positive, got {c.world_model.mdn_rnn.temperature}")
     if c.evaluation.every < 0:
         raise ConfigError(f"evaluation.every must be >= 0, got {c.evaluation.every}")
+
+
+def memory_epochs(config: Config) -> int:
+    """Passes of M over the random data: ``training.memory_epochs``, or V's ``pretrain_epochs`` if 0."""
+    training = config.world_model.training
+    return training.memory_epochs or training.pretrain_epochs
 
 
 def with_overrides(config: Config, **dotted: Any) -> Config:
@@ -282,11 +289,24 @@ def with_overrides(config: Config, **dotted: Any) -> Config:
 # -- environments ------------------------------------------------------------------------------
 
 def make_envs(config: Config, n: int):
-    """``n`` pixel environments (frames ``(3, S, S)`` uint8) of ``config.env``."""
+    """``n`` pixel environments (frames ``(3, S, S)`` uint8) of ``config.env``; ``env.fovea`` applies to
+    CartPole only (:class:`~wmbook.pixels.PixelObservation`)."""
     from wmbook.pixels import make_pixel_env
 
-    return [make_pixel_env(config.env.id, config.env.frame_size, action_repeat=config.env.action_repeat)
-            for _ in range(n)]
+    fovea = config.env.fovea and _is_cartpole(config.env.id)
+    return [make_pixel_env(config.env.id, config.env.frame_size, action_repeat=config.env.action_repeat,
+                           fovea=fovea) for _ in range(n)]
+
+
+def _is_cartpole(env_id: str) -> bool:
+    import gymnasium as gym
+    from gymnasium.envs.classic_control import CartPoleEnv
+
+    env = gym.make(env_id)
+    try:
+        return isinstance(env.unwrapped, CartPoleEnv)
+    finally:
+        env.close()
 
 
 def _time_limit(env):
@@ -421,12 +441,9 @@ class WorldModelPPOTrainer:
         self._writer = None
 
     def ppo_config(self) -> PPOConfig:
-        c, p = self.config, self.config.ppo
+        c = self.config
         return PPOConfig(env_id=c.env.id, total_timesteps=c.total_timesteps, num_envs=c.env.num_envs,
-                         n_steps=p.n_steps, batch_size=p.batch_size, n_epochs=p.n_epochs, gamma=p.gamma,
-                         gae_lambda=p.gae_lambda, clip_range=p.clip_range, ent_coef=p.ent_coef,
-                         vf_coef=p.vf_coef, max_grad_norm=p.max_grad_norm, learning_rate=p.learning_rate,
-                         hidden_sizes=p.hidden_sizes, seed=c.seed)
+                         seed=c.seed, **dataclasses.asdict(c.ppo))
 
     @property
     def out(self) -> Path:
@@ -451,7 +468,7 @@ class WorldModelPPOTrainer:
         mdn_history = MDNHistory()
         if wm.training.pretrain_memory:
             per_epoch = math.ceil(len(latents) / (wm.mdn_rnn.batch_size * wm.mdn_rnn.chunk_length))
-            mdn_history = train_mdn_rnn(self.mdn, latents, wm.training.pretrain_epochs * per_epoch,
+            mdn_history = train_mdn_rnn(self.mdn, latents, memory_epochs(self.config) * per_epoch,
                                         wm.mdn_rnn.batch_size, wm.mdn_rnn.chunk_length, progress=self.progress)
         self.result.vae_history = dataclasses.asdict(vae_history)
         self.result.mdn_history = dataclasses.asdict(mdn_history)
