@@ -1,6 +1,9 @@
 """Chapter 4's harness: its profiles and the linear read-out that measures what V and M know."""
 
+import dataclasses
+
 import numpy as np
+import pytest
 
 import wmbook.chapters.ch04_vision_memory_controller as ch4
 
@@ -26,3 +29,41 @@ def test_both_profiles_see_the_pole_through_the_fovea_and_take_every_path():
     full = ch4.PROFILES["full"]
     assert full.check_headline and len(full.seeds) >= 3 and full.trainer.evaluation.episodes == 20
     assert full.temperatures == (0.1, 0.5, 1.0, 1.15, 1.3)
+
+
+def _tiny_chapter(tmp_path, workers: int) -> "ch4.VMCChapter":
+    trainer = ch4.with_overrides(ch4.PROFILES["ci"].trainer, **{
+        "out": str(tmp_path / f"workers{workers}"), "total_timesteps": 64, "env.num_envs": 2, "env.frame_size": 16,
+        "ppo.n_steps": 8, "ppo.batch_size": 16, "ppo.n_epochs": 2,
+        "world_model.vae.channels": (4, 8), "world_model.vae.hidden_dims": (16,), "world_model.vae.latent_dim": 4,
+        "world_model.mdn_rnn.hidden_dim": 8, "world_model.mdn_rnn.chunk_length": 4,
+        "world_model.training.pretrain_epochs": 1, "world_model.training.memory_epochs": 1,
+        "world_model.training.imagination_horizon": 3,
+        "world_model.data_collection.random_collection_steps": 60, "evaluation.episodes": 2})
+    return dataclasses.replace(ch4.PROFILES["ci"], trainer=trainer, seeds=(3, 4), ratios=(0.0, 0.5), workers=workers)
+
+
+def _outcome(records):
+    return [(r.seed, r.vae_reconstruction, r.mdn_nll, r.untrained and r.untrained.final_returns,
+             [(run.ratio, run.real_steps, run.imagined_steps, run.episode_returns, run.final_returns)
+              for run in r.runs]) for r in records]
+
+
+def test_run_all_gives_the_same_records_in_worker_processes_and_from_a_given_pretrained_seed(tmp_path):
+    serial = _tiny_chapter(tmp_path, workers=1)
+    given = ch4.pretrained(serial, 3)
+    alone = ch4.run_all(serial, (3, 4), progress=False, given={3: given}, untrained_seed=3)
+    pooled = ch4.run_all(_tiny_chapter(tmp_path, workers=2), (3, 4), progress=False, untrained_seed=3)
+    assert [r.seed for r in alone] == [3, 4]
+    assert [run.ratio for run in alone[0].runs] == [0.0, 0.5]
+    assert alone[0].untrained is not None and alone[1].untrained is None
+    assert alone[0].untrained.label == "untrained M" and alone[0].untrained.imagined_steps == 0
+    assert alone[0].runs[1].imagined_steps > 0
+    assert _outcome(alone) == _outcome(pooled)
+
+
+def test_snapshot_refuses_a_trainer_that_was_not_pretrained(tmp_path):
+    chapter = _tiny_chapter(tmp_path, workers=1)
+    trainer = ch4.WorldModelPPOTrainer(ch4.config_for(chapter, 3, 0.5))
+    with pytest.raises(ValueError, match="pretrained"):
+        ch4.snapshot(trainer)

@@ -125,7 +125,9 @@ def cartpole_cart_column(frame: np.ndarray, env: gym.Env) -> int:
     core = env.unwrapped
     cart_top = core.screen_height - (_CART_Y + _CART_HEIGHT / 2)
     rows = frame[math.ceil(cart_top) + 1:core.screen_height - _CART_Y - 2]
-    dark = np.flatnonzero((rows.max(axis=2) < _DARK).any(axis=0))
+    # every channel below _DARK (the same as their maximum, without numpy's slow reduction over 3)
+    black = (rows[..., 0] < _DARK) & (rows[..., 1] < _DARK) & (rows[..., 2] < _DARK)
+    dark = np.flatnonzero(black.any(axis=0))
     return int(round((dark[0] + dark[-1]) / 2)) if len(dark) else frame.shape[1] // 2
 
 
@@ -214,9 +216,12 @@ class PixelObservation(gym.Wrapper, gym.utils.RecordConstructorArgs):
         centre = cartpole_cart_column(frame, self.env)
         cart_top = self.env.unwrapped.screen_height - (_CART_Y + _CART_HEIGHT / 2)
         rows = frame[top:min(bottom, math.ceil(cart_top) + _CROP_MARGIN)]
-        # white beyond the frame's edges, so a cart at the end of the track stays centred
-        padded = np.pad(rows, ((0, 0), (FOVEA_HALF_WIDTH, FOVEA_HALF_WIDTH), (0, 0)), constant_values=255)
-        window = padded[:, centre:centre + 2 * FOVEA_HALF_WIDTH]
+        # white beyond the frame's edges, so a cart at the end of the track stays centred; only the
+        # window's own columns are copied
+        first, last = centre - FOVEA_HALF_WIDTH, centre + FOVEA_HALF_WIDTH
+        window = np.full((len(rows), last - first, 3), 255, dtype=np.uint8)
+        inside = slice(max(first, 0), min(last, rows.shape[1]))
+        window[:, inside.start - first:inside.stop - first] = rows[:, inside]
         upper = self.height // 2
         return np.concatenate([_shrink(window, upper, self.width),
                                _shrink(frame[top:bottom, left:right], self.height - upper, self.width)])
