@@ -20,3 +20,14 @@ def tiny_config(root: Path):
     values["data"]["root"] = str(root / "data")
     values["output"] = {"world_model": str(root / "wm.pt"), "results": str(root / "results.json")}
     return config_from_dict(values)
+
+
+def tiny_world(root: Path):
+    """The tiny configuration under ``root``, its simulated data set and a world model trained
+    on it (saved to ``root / "wm.pt"``): ``(config, dataset, model)``."""
+    from wmbook.surgical import experiment
+
+    config = tiny_config(root)
+    dataset = experiment.ensure_data(config)
+    model, _ = experiment.train(config, dataset, out=root / "wm.pt")
+    return config, dataset, model

@@ -11,20 +11,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from surgical_helpers import tiny_config  # noqa: E402
+from surgical_helpers import tiny_world  # noqa: E402
 from wmbook.chapters import ch06_surgical_tdmpc as C  # noqa: E402
 from wmbook.chapters import get_profile  # noqa: E402
-from wmbook.surgical import experiment as X  # noqa: E402
 from wmbook.surgical import policies as P  # noqa: E402
 from wmbook.surgical.imitation import ImitationPolicy  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("chapter6")
-    config = tiny_config(root)
-    dataset = X.ensure_data(config)
-    model, _ = X.train(config, dataset, out=root / "wm.pt")
+    config, dataset, model = tiny_world(tmp_path_factory.mktemp("chapter6"))
     return config, dataset, model.eval()
 
 

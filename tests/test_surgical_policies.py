@@ -10,12 +10,11 @@ import pytest
 import torch
 import yaml
 
-from surgical_helpers import TINY, tiny_config
+from surgical_helpers import TINY, tiny_world
 from wmbook.agents.ppo import BernoulliHead
 from wmbook.agents.tdmpc import PlannerConfig, SurgicalTDMPC, TDMPCConfig
 from wmbook.surgical import cli
 from wmbook.surgical import evaluation as E
-from wmbook.surgical import experiment as X
 from wmbook.surgical import policies as P
 
 SMALL_PLANNER = PlannerConfig(horizon=2, samples=8, iterations=1, elites=2)
@@ -24,10 +23,7 @@ SMALL_PLANNER = PlannerConfig(horizon=2, samples=8, iterations=1, elites=2)
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("surgical_policies")
-    config = tiny_config(root)
-    dataset = X.ensure_data(config)
-    model, _ = X.train(config, dataset, out=root / "wm.pt")
-    return config, dataset, model, root
+    return (*tiny_world(root), root)
 
 
 def test_bernoulli_head_samples_one_to_three_labels():
