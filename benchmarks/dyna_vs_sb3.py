@@ -360,6 +360,16 @@ def provenance(argv: list[str], workers: int) -> str:
     ])
 
 
+def write_report(parts: list[str], out: str, started: float) -> None:
+    """Print the report's ``parts`` with the total wall time since ``started`` and, unless
+    ``out`` is ``-``, write them to ``out``."""
+    report = "\n\n".join([*parts, f"Total wall time: {time.perf_counter() - started:.0f} s."])
+    print("\n" + report)
+    if out != "-":
+        Path(out).write_text(report + "\n")
+        print(f"\nwritten to {out}")
+
+
 def seed_list(values: list[int]) -> list[int]:
     """``--seeds N`` means seeds 0 .. N-1; two or more values are the seeds themselves."""
     return list(range(values[0])) if len(values) == 1 else values
@@ -414,12 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"statistics across seeds: {time.perf_counter() - stats_started:.0f} s", flush=True)
     else:
         parts.append("Confidence intervals need at least 2 seeds: rerun with more `--seeds`.")
-    parts += [provenance(argv, args.workers), f"Total wall time: {time.perf_counter() - started:.0f} s."]
-    report = "\n\n".join(parts)
-    print("\n" + report)
-    if args.out != "-":
-        Path(args.out).write_text(report + "\n")
-        print(f"\nwritten to {args.out}")
+    write_report(parts + [provenance(argv, args.workers)], args.out, started)
     return 0
 
 

@@ -904,21 +904,10 @@ def run_from_args(argv: list[str] | None) -> RunResult:
         config = dataclasses.replace(config, out=str(Path(args.resume).parent))
     else:
         config = load_config(args.config) if args.config else Config()
-    overrides = {}
-    if args.env is not None:
-        overrides["env.id"] = args.env
-    if args.total_timesteps is not None:
-        overrides["total_timesteps"] = args.total_timesteps
-    if args.num_envs is not None:
-        overrides["env.num_envs"] = args.num_envs
-    if args.seed is not None:
-        overrides["seed"] = args.seed
-    if args.out is not None:
-        overrides["out"] = args.out
-    if args.device is not None:
-        overrides["device"] = args.device
-    if args.imagination_ratio is not None:
-        overrides["world_model.training.imagination_ratio"] = args.imagination_ratio
+    flag_keys = {"env": "env.id", "total_timesteps": "total_timesteps", "num_envs": "env.num_envs",
+                 "seed": "seed", "out": "out", "device": "device",
+                 "imagination_ratio": "world_model.training.imagination_ratio"}
+    overrides = {key: getattr(args, flag) for flag, key in flag_keys.items() if getattr(args, flag) is not None}
     if args.tensorboard:
         overrides["tensorboard"] = True
     if overrides:
