@@ -35,7 +35,12 @@ updates, under half a minute on a CPU) the dreams run nearly to the horizon and 
 Tuning. The PPO settings that differ from rl-baselines3-zoo's (learning rate 2e-3, gamma 0.99),
 the real budget and M's passes were chosen on seed 100 and checked on seeds 101 and 102, which no
 reported run uses (at ratio 0.5 a GAE lambda of 0.95, dream rollouts of 30 steps and 30,000 real
-steps did no better there); the chapter's seeds are 0, 1 and 2.
+steps did no better there). The entropy bonus of 0.01 was then chosen on seeds 100 to 107 at
+ratio 0.5, where it brought more of them to a return of 475 than no bonus, a discount of 0.98 or
+0.995, 64-step rollouts, 16 environments, a wider controller, dream rollouts of 5 steps, 30,000
+real steps or actions repeated four times. Most runs that fall short there end with the cart off
+the track, and on most of those seeds the cart's velocity is the part of the state that
+``[z, h]`` carries worst (:func:`state_readout`). The chapter's seeds are 0, 1 and 2.
 """
 
 from __future__ import annotations
@@ -65,7 +70,7 @@ def _config(**dotted) -> Config:
 _FULL = dict(**{
     "total_timesteps": 20_000, "checkpoint_every": 1_000_000, "out": "_build/ch04_runs",
     "env.num_envs": 8, "env.action_repeat": 2, "env.fovea": True,
-    "ppo.learning_rate": 2e-3, "ppo.gamma": 0.99,
+    "ppo.learning_rate": 2e-3, "ppo.gamma": 0.99, "ppo.ent_coef": 0.01,
     "world_model.vae.channels": (16, 32, 64, 128), "world_model.vae.hidden_dims": (256,),
     "world_model.vae.batch_size": 32,
     "world_model.mdn_rnn.hidden_dim": 128,
