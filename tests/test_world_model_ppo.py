@@ -25,7 +25,7 @@ TINY = {
         "vae": {"latent_dim": 4, "hidden_dims": [16], "channels": [4, 8], "batch_size": 16},
         "mdn_rnn": {"hidden_dim": 8, "num_mixtures": 2, "batch_size": 4, "chunk_length": 4},
         "training": {"pretrain_epochs": 1, "memory_epochs": 1, "imagination_ratio": 0.5,
-                     "imagination_horizon": 3},
+                     "imagination_horizon": 3, "memory_refresh_every": 1, "memory_refresh_updates": 2},
         "data_collection": {"random_collection_steps": 60},
     },
     "evaluation": {"episodes": 2},
@@ -59,6 +59,7 @@ def test_the_seed_keys_are_there():
     ({"total_timesteps": -1}, r"total_timesteps must be positive"),
     ({"world_model": {"training": {"memory_epochs": -2}}}, r"memory_epochs must be >= 0"),
     ({"env": {"fovea": "yes"}}, r"env\.fovea must be true or false"),
+    ({"world_model": {"training": {"memory_refresh_every": -1}}}, r"memory_refresh_every must be >= 0"),
 ])
 def test_bad_configurations_are_named(data, message):
     with pytest.raises(ConfigError, match=message):
@@ -106,6 +107,38 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
         assert torch.equal(p, q)
     strip = lambda path: [{k: v for k, v in json.loads(line).items()} for line in path.read_text().splitlines()]
     assert strip(tmp_path / "cut" / "metrics.jsonl") == strip(tmp_path / "whole" / "metrics.jsonl")
+
+
+def test_m_goes_on_training_on_the_controllers_own_episodes(tmp_path):
+    """Iterative training: M's data is the random latents plus every real episode the controller
+    finished, each stored whole (reset latent to end); M changes at every refresh and only then."""
+    torch.set_num_threads(1)
+    trainer = WorldModelPPOTrainer(tiny(tmp_path, **{"world_model.training.memory_refresh_every": 2}))
+    trainer.pretrain()
+    random_steps = len(trainer.random_latents)
+    weights = [p.detach().clone() for p in trainer.mdn.parameters()]
+    trainer._reset_all()
+    records = [trainer.iterate() for _ in range(2)]
+    assert "mdn/nll" not in records[0] and np.isfinite(records[1]["mdn/nll"])
+    assert not all(torch.equal(p, q) for p, q in zip(weights, trainer.mdn.parameters()))
+    data = trainer.memory_data
+    finished = len(trainer.result.episode_returns)
+    assert finished > 0 and len(list(data.episodes())) == len(list(trainer.random_latents.episodes())) + finished
+    open_steps = sum(len(e["obs"]) for e in trainer._open_episodes if e is not None)
+    decisions = 2 * trainer.config.ppo.n_steps * trainer.config.env.num_envs
+    assert len(data) - random_steps + open_steps == decisions + finished + sum(e is not None for e in trainer._open_episodes)
+    repeat = trainer.config.env.action_repeat
+    for episode in list(data.episodes())[-finished:]:  # the controller's: 1 per real step, ended by a fall or the limit
+        assert np.all((episode.reward >= 1) & (episode.reward <= repeat))
+        assert episode.terminated[-1] or episode.truncated[-1]
+
+    untrained = WorldModelPPOTrainer(tiny(tmp_path / "u", **{"world_model.training.pretrain_memory": False}))
+    untrained.pretrain()
+    weights = [p.detach().clone() for p in untrained.mdn.parameters()]
+    untrained._reset_all()
+    untrained.iterate(), untrained.iterate()
+    assert untrained.memory_data is None  # the untrained-M ablation stays untrained
+    assert all(torch.equal(p, q) for p, q in zip(weights, untrained.mdn.parameters()))
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

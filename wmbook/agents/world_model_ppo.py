@@ -16,7 +16,10 @@ The run, top to bottom (:meth:`WorldModelPPOTrainer.train`):
    rollouts of at most ``imagination_horizon`` steps that start from the latent states just
    visited; PPO updates on both together. In the dream the reward is M's reward head and an
    episode ends where a draw from M's done head says so; a rollout cut by the horizon is
-   bootstrapped from the critic.
+   bootstrapped from the critic. Every ``training.memory_refresh_every`` iterations M trains
+   on (``memory_refresh_updates`` updates) the random data together with the controller's own
+   real episodes so far, Ha and Schmidhuber's iterative procedure: random play shows M short
+   falls, a balancing controller shows it slow drifts, which M must dream too.
 
 Every iteration's metrics go to ``metrics.jsonl`` in the run folder (and to TensorBoard with
 ``--tensorboard``), under the names ``vae/reconstruction_loss``, ``vae/kl_divergence``,
@@ -94,6 +97,10 @@ class MDNSection:
 class TrainingSection:
     pretrain_epochs: int = 10
     memory_epochs: int = 100  # passes of M over the random data (0: as many as pretrain_epochs)
+    # iterative training: every this many iterations M goes on training on the random data plus
+    # the controller's own real episodes so far (0: never), for this many updates
+    memory_refresh_every: int = 0
+    memory_refresh_updates: int = 100
     imagination_ratio: float = 0.5
     imagination_horizon: int = 15
     pretrain_memory: bool = True
@@ -248,9 +255,10 @@ def check_config(c: Config) -> None:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key} must be positive, got {value}")
-    if c.world_model.training.memory_epochs < 0:
-        raise ConfigError(f"world_model.training.memory_epochs must be >= 0, got "
-                          f"{c.world_model.training.memory_epochs}")
+    training = c.world_model.training
+    for key in ("memory_epochs", "memory_refresh_every", "memory_refresh_updates"):
+        if getattr(training, key) < 0:
+            raise ConfigError(f"world_model.training.{key} must be >= 0, got {getattr(training, key)}")
     if c.seed < 0:
         raise ConfigError(f"seed must be >= 0, got {c.seed}")
     if not 0.0 <= c.world_model.training.imagination_ratio < 1.0:
@@ -438,6 +446,11 @@ class WorldModelPPOTrainer:
         self.pretrained = False
         self._latent: VMLatent | None = None
         self._episode_return = np.zeros(c.env.num_envs)
+        # M's training data once the controller runs (the random latents, then its own episodes),
+        # the episode each environment is in (latents, actions, rewards, ends), M's optimizer
+        self.memory_data: SequenceBuffer | None = None
+        self._open_episodes: list[dict | None] = [None] * c.env.num_envs
+        self.memory_optimizer: torch.optim.Optimizer | None = None
         self._writer = None
 
     def ppo_config(self) -> PPOConfig:
@@ -499,6 +512,7 @@ class WorldModelPPOTrainer:
         rews, terms, ends = torch.zeros(T, N), torch.zeros(T, N, dtype=torch.bool), torch.zeros(T, N, dtype=torch.bool)
         visited: list[VMLatent] = []
         real_steps = 0
+        record = self._refreshes_memory()
         for t in range(T):
             latent = self._latent
             visited.append(latent)
@@ -517,6 +531,8 @@ class WorldModelPPOTrainer:
                     finished.append(i)
             # the latent of the frame each step reached (before any reset), for its value
             z = self._encode(frames)
+            if record:
+                self._record_step(latent.z, action, z, rews[t], terms[t], ends[t] & ~terms[t])
             with torch.no_grad():
                 _, (h, cell) = self.mdn.step(latent.z, action, (latent.h, latent.c))
                 reached = VMLatent(z, h, cell)
@@ -543,6 +559,52 @@ class WorldModelPPOTrainer:
                       torch.stack(logps).flatten(0, 1), advantages.flatten(), returns.flatten())
         starts = VMLatent(*(torch.stack(parts).flatten(0, 1) for parts in zip(*visited)))
         return batch, starts, {"real_steps": real_steps}
+
+    # -- iterative training of M --------------------------------------------------------------
+
+    def _refreshes_memory(self) -> bool:
+        training = self.config.world_model.training
+        return bool(training.memory_refresh_every and training.memory_refresh_updates and training.pretrain_memory)
+
+    def _record_step(self, z: torch.Tensor, action: torch.Tensor, z_next: torch.Tensor, reward: torch.Tensor,
+                     terminated: torch.Tensor, truncated: torch.Tensor) -> None:
+        """Add one real step of every environment ``(num_envs rows)`` to the episode it is in; an
+        episode that ended goes to :attr:`memory_data`."""
+        if self.memory_data is None:
+            self.memory_data = self._memory_buffer()
+        z, z_next, action = z.cpu().numpy(), z_next.cpu().numpy(), action.cpu().numpy()
+        for i, episode in enumerate(self._open_episodes):
+            if episode is None:
+                episode = self._open_episodes[i] = {"obs": [z[i]], "action": [], "reward": [], "terminated": [],
+                                                    "truncated": []}
+            episode["obs"].append(z_next[i])
+            episode["action"].append(action[i])
+            episode["reward"].append(float(reward[i]))
+            episode["terminated"].append(bool(terminated[i]))
+            episode["truncated"].append(bool(truncated[i]))
+            if terminated[i] or truncated[i]:
+                self.memory_data.add_episode(*(np.stack(episode[key]) for key in
+                                               ("obs", "action", "reward", "terminated", "truncated")))
+                self._open_episodes[i] = None
+
+    def _memory_buffer(self) -> SequenceBuffer:
+        """The random latents, in a buffer with room for every real episode the controller will play."""
+        c, random = self.config, self.random_latents
+        decisions = c.total_timesteps // c.env.action_repeat + c.env.num_envs * c.ppo.n_steps
+        buffer = SequenceBuffer(len(random) + 2 * decisions, random.obs_shape, np.float32, random.action_kind,
+                                random.action_shape, random.n_actions, seed=c.seed + 5)
+        for episode in random.episodes():
+            buffer.add_episode(episode.obs, episode.action, episode.reward, episode.terminated, episode.truncated)
+        return buffer
+
+    def refresh_memory(self) -> float:
+        """``memory_refresh_updates`` updates of M on :attr:`memory_data`; returns their mean NLL."""
+        training, mdn = self.config.world_model.training, self.config.world_model.mdn_rnn
+        if self.memory_optimizer is None:
+            self.memory_optimizer = torch.optim.Adam(self.mdn.parameters(), lr=self.mdn.config.learning_rate)
+        history = train_mdn_rnn(self.mdn, self.memory_data, training.memory_refresh_updates, mdn.batch_size,
+                                mdn.chunk_length, optimizer=self.memory_optimizer)
+        return float(np.mean(history.nll))
 
     def imagine(self, starts: VMLatent, n_steps: int, horizon: int) -> tuple[Batch | None, dict]:
         """``n_steps`` imagined steps in rollouts of at most ``horizon`` steps from latents drawn
@@ -612,6 +674,8 @@ class WorldModelPPOTrainer:
         self.result.imagined_steps += dream["imagined_steps"]
         self.iteration += 1
         metrics = {f"ppo/{k}": v for k, v in losses.items()}
+        if self._refreshes_memory() and self.iteration % training.memory_refresh_every == 0:
+            metrics["mdn/nll"] = self.refresh_memory()
         metrics["imagination/ratio"] = dream["imagined_steps"] / len(batch.obs)
         metrics["imagination/horizon"] = dream["mean_length"]
         recent = self.result.episode_returns[-20:]
@@ -653,8 +717,23 @@ class WorldModelPPOTrainer:
             "latent": list(self._latent) if self._latent is not None else [],
             "episode_return": torch.as_tensor(self._episode_return),
             "result": json.dumps(dataclasses.asdict(self.result)), "metrics": json.dumps(self.metrics),
+            "memory_file": "", "open_episodes": [self._episode_tensors(e) for e in self._open_episodes],
+            "memory_optimizer": self.memory_optimizer.state_dict() if self.memory_optimizer is not None else {},
         }
-        return save_checkpoint(self.checkpoint_path(), CHECKPOINT_KIND, payload)
+        if self.memory_data is not None:
+            # M's data goes to its own file, named by the iteration, written before the checkpoint
+            # that names it; older ones are removed only once that checkpoint is in place
+            payload["memory_file"] = f"memory_{self.iteration}.npz"
+            self.memory_data.save(self.out / payload["memory_file"])
+        path = save_checkpoint(self.checkpoint_path(), CHECKPOINT_KIND, payload)
+        for old in self.out.glob("memory_*.npz"):
+            if old.name != payload["memory_file"]:
+                old.unlink()
+        return path
+
+    @staticmethod
+    def _episode_tensors(episode: dict | None) -> dict:
+        return {} if episode is None else {key: torch.as_tensor(np.stack(values)) for key, values in episode.items()}
 
     def load(self, path: str | Path) -> None:
         data = load_checkpoint(path, CHECKPOINT_KIND, map_location=self.device)
@@ -669,6 +748,12 @@ class WorldModelPPOTrainer:
                 restore_env_state(env, saved)
             self._latent = VMLatent(*data["latent"])
         self._episode_return = data["episode_return"].numpy().copy()
+        self.memory_data = SequenceBuffer.load(Path(path).parent / data["memory_file"]) if data["memory_file"] else None
+        self._open_episodes = [{key: list(value.numpy()) for key, value in episode.items()} or None
+                               for episode in data["open_episodes"]]
+        if data["memory_optimizer"]:
+            self.memory_optimizer = torch.optim.Adam(self.mdn.parameters(), lr=self.mdn.config.learning_rate)
+            self.memory_optimizer.load_state_dict(data["memory_optimizer"])
         self.result = RunResult(**json.loads(data["result"]))
         self.metrics = json.loads(data["metrics"])
         # the metrics file holds exactly what the checkpoint saw

@@ -40,7 +40,9 @@ ratio 0.5, where it brought more of them to a return of 475 than no bonus, a dis
 0.995, 64-step rollouts, 16 environments, a wider controller, dream rollouts of 5 steps, 30,000
 real steps or actions repeated four times. Most runs that fall short there end with the cart off
 the track, and on most of those seeds the cart's velocity is the part of the state that
-``[z, h]`` carries worst (:func:`state_readout`). The chapter's seeds are 0, 1 and 2.
+``[z, h]`` carries worst (:func:`state_readout`). M's iterative training on the controller's own
+episodes (``memory_refresh_every`` 5) brought no more of them to 475 and costs the controllers
+about half again their time, so it is off. The chapter's seeds are 0, 1 and 2.
 """
 
 from __future__ import annotations
