@@ -73,3 +73,31 @@ def test_bernoulli_ppo_learns_a_multi_label_bandit_on_the_device(device):
     greedy, _, _ = ppo.net.act(obs[:1], greedy=True)
     assert _on(ppo.net, device)
     assert greedy[0, :2].tolist() == [1.0, 1.0] and greedy[0, 2:].sum().item() == 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_vmc_trainer_with_iterative_memory_trains_and_resumes_on_the_device(device, tmp_path):
+    """V + M + C from pixels, with M going on training on the controller's own episodes: the
+    models stay on the device, and a run resumed from its checkpoint ends like one never stopped
+    (with deterministic kernels, so that cuDNN's LSTM and convolutions repeat too)."""
+    from test_world_model_ppo import tiny
+
+    from wmbook.agents.world_model_ppo import WorldModelPPOTrainer
+    from wmbook.device import set_deterministic
+
+    torch.set_num_threads(1)
+    set_deterministic()
+    try:
+        whole = WorldModelPPOTrainer(tiny(tmp_path / "whole"), device=device)
+        expected = whole.train()
+        WorldModelPPOTrainer(tiny(tmp_path / "cut"), device=device).train(max_iterations=2)
+        resumed = WorldModelPPOTrainer(tiny(tmp_path / "cut"), device=device)
+        resumed.load(tmp_path / "cut" / "checkpoint.pt")
+        got = resumed.train()
+    finally:
+        set_deterministic(False)
+    assert _on(whole.vae, device) and _on(whole.mdn, device) and _on(whole.ppo.net, device)
+    assert any("mdn/nll" in m and m["iteration"] > 0 for m in whole.metrics)  # M was refreshed
+    assert got.final_returns == expected.final_returns and got.episode_returns == expected.episode_returns
+    for p, q in zip(whole.mdn.parameters(), resumed.mdn.parameters()):
+        assert torch.equal(p, q)

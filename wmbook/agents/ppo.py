@@ -345,8 +345,8 @@ class PPO:
     def load_state_dict(self, state: dict) -> None:
         self.net.load_state_dict(state["net"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
-        self.shuffle.set_state(state["shuffle"])
+        self.generator.set_state(state["generator"].cpu())  # a checkpoint loaded onto a GPU moves it there
+        self.shuffle.set_state(state["shuffle"].cpu())
         self.updates = int(state["updates"])
 
 

@@ -669,8 +669,9 @@ class WorldModelPPOTrainer:
         ratio = training.imagination_ratio
         wanted = round(len(real.obs) * ratio / (1 - ratio))
         imagined, dream = self.imagine(starts, wanted, training.imagination_horizon)
+        real = Batch(*(x.to(self.device) for x in real))  # collected on the CPU, imagined on the device
         batch = real if imagined is None else Batch.cat([real, imagined])
-        losses = self.ppo.update(Batch(*(x.to(self.device) for x in batch)), self.result.real_steps)
+        losses = self.ppo.update(batch, self.result.real_steps)
         self.result.imagined_steps += dream["imagined_steps"]
         self.iteration += 1
         metrics = {f"ppo/{k}": v for k, v in losses.items()}
@@ -741,15 +742,15 @@ class WorldModelPPOTrainer:
         self.vae.load_state_dict(data["vae"])
         self.mdn.load_state_dict(data["mdn"])
         self.ppo.load_state_dict(data["ppo"])
-        self.dream_generator.set_state(data["dream_generator"])
-        self.start_generator.set_state(data["start_generator"])
+        self.dream_generator.set_state(data["dream_generator"].cpu())
+        self.start_generator.set_state(data["start_generator"].cpu())
         if data["envs"]:
             for env, saved in zip(self.envs, json.loads(data["envs"])):
                 restore_env_state(env, saved)
             self._latent = VMLatent(*data["latent"])
-        self._episode_return = data["episode_return"].numpy().copy()
+        self._episode_return = data["episode_return"].cpu().numpy().copy()
         self.memory_data = SequenceBuffer.load(Path(path).parent / data["memory_file"]) if data["memory_file"] else None
-        self._open_episodes = [{key: list(value.numpy()) for key, value in episode.items()} or None
+        self._open_episodes = [{key: list(value.cpu().numpy()) for key, value in episode.items()} or None
                                for episode in data["open_episodes"]]
         if data["memory_optimizer"]:
             self.memory_optimizer = torch.optim.Adam(self.mdn.parameters(), lr=self.mdn.config.learning_rate)
