@@ -16,10 +16,11 @@ The run, top to bottom (:meth:`WorldModelPPOTrainer.train`):
    rollouts of at most ``imagination_horizon`` steps that start from the latent states just
    visited; PPO updates on both together. In the dream the reward is M's reward head and an
    episode ends where a draw from M's done head says so; a rollout cut by the horizon is
-   bootstrapped from the critic. Every ``training.memory_refresh_every`` iterations M trains
-   on (``memory_refresh_updates`` updates) the random data together with the controller's own
-   real episodes so far, Ha and Schmidhuber's iterative procedure: random play shows M short
-   falls, a balancing controller shows it slow drifts, which M must dream too.
+   bootstrapped from the critic. Optionally (``training.memory_refresh_every`` > 0, off by
+   default), Ha and Schmidhuber's iterative procedure: every that many iterations M goes on
+   training for ``memory_refresh_updates`` updates on the random data together with the
+   controller's own real episodes so far, since random play shows M short falls and a balancing
+   controller shows it slow drifts, which M must dream too.
 
 Every iteration's metrics go to ``metrics.jsonl`` in the run folder (and to TensorBoard with
 ``--tensorboard``), under the names ``vae/reconstruction_loss``, ``vae/kl_divergence``,
@@ -749,10 +750,12 @@ class WorldModelPPOTrainer:
                 restore_env_state(env, saved)
             self._latent = VMLatent(*data["latent"])
         self._episode_return = data["episode_return"].cpu().numpy().copy()
-        self.memory_data = SequenceBuffer.load(Path(path).parent / data["memory_file"]) if data["memory_file"] else None
+        # checkpoints written before M's iterative training existed have none of its state
+        memory_file = data.get("memory_file", "")
+        self.memory_data = SequenceBuffer.load(Path(path).parent / memory_file) if memory_file else None
         self._open_episodes = [{key: list(value.cpu().numpy()) for key, value in episode.items()} or None
-                               for episode in data["open_episodes"]]
-        if data["memory_optimizer"]:
+                               for episode in data.get("open_episodes", [{}] * len(self.envs))]
+        if data.get("memory_optimizer"):
             self.memory_optimizer = torch.optim.Adam(self.mdn.parameters(), lr=self.mdn.config.learning_rate)
             self.memory_optimizer.load_state_dict(data["memory_optimizer"])
         self.result = RunResult(**json.loads(data["result"]))
