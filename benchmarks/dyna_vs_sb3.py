@@ -360,10 +360,20 @@ def provenance(argv: list[str], workers: int) -> str:
     ])
 
 
-def write_report(parts: list[str], out: str, started: float) -> None:
-    """Print the report's ``parts`` with the total wall time since ``started`` and, unless
-    ``out`` is ``-``, write them to ``out``."""
-    report = "\n\n".join([*parts, f"Total wall time: {time.perf_counter() - started:.0f} s."])
+def wall_time_line(outcomes: list[Outcome], kept: int, started: float) -> str:
+    """The benchmark's cost: the sum of its runs' own wall times, and how many of them this
+    invocation ran (the rest were read back from the kept outcomes of earlier invocations)."""
+    total = sum(o.seconds for o in outcomes)
+    line = (f"Wall time: the {len(outcomes)} runs took {total:,.0f} s ({total / 3600:.1f} h) in all, the sum of "
+            f"each run's own wall time; this invocation took {time.perf_counter() - started:,.0f} s")
+    if kept:
+        line += f" and ran {len(outcomes) - kept} of them, the other {kept} read back from earlier invocations"
+    return line + "."
+
+
+def write_report(parts: list[str], out: str) -> None:
+    """Print the report's ``parts`` and, unless ``out`` is ``-``, write them to ``out``."""
+    report = "\n\n".join(parts)
     print("\n" + report)
     if out != "-":
         Path(out).write_text(report + "\n")
@@ -413,7 +423,9 @@ def main(argv: list[str] | None = None) -> int:
         k = args.k
         parts.append(f"K = {k}, given on the command line.")
     names = Methods(k)
-    outcomes = run_jobs(jobs_for(seeds, k, args.budget, args.eval_every), args.workers, cache=cache)
+    jobs = jobs_for(seeds, k, args.budget, args.eval_every)
+    kept = 0 if cache is None else sum(job_file(cache, j).is_file() for j in jobs)
+    outcomes = run_jobs(jobs, args.workers, cache=cache)
     outcomes.sort(key=lambda o: (names.all().index(o.method), o.seed))
     parts.append(per_seed_table(outcomes, names.all(), args.budget))
     if len(seeds) >= 2:
@@ -424,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"statistics across seeds: {time.perf_counter() - stats_started:.0f} s", flush=True)
     else:
         parts.append("Confidence intervals need at least 2 seeds: rerun with more `--seeds`.")
-    write_report(parts + [provenance(argv, args.workers)], args.out, started)
+    write_report(parts + [provenance(argv, args.workers), wall_time_line(outcomes, kept, started)], args.out)
     return 0
 
 

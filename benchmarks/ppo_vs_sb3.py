@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dyna_vs_sb3 import provenance, write_report  # noqa: E402
+from dyna_vs_sb3 import provenance, wall_time_line, write_report  # noqa: E402
 
 from wmbook.stats import REPS, aggregate, probability_of_improvement, steps_to_solve, summary_table  # noqa: E402
 
@@ -201,8 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         parts.append(statistics(outcomes, methods, args.budget, args.reps))
     else:
         parts.append("Confidence intervals need at least 2 seeds: rerun with more `--seeds`.")
-    write_report(parts + [provenance(argv, args.workers).replace("dyna_vs_sb3.py", "ppo_vs_sb3.py")],
-                 args.out, started)
+    write_report(parts + [provenance(argv, args.workers).replace("dyna_vs_sb3.py", "ppo_vs_sb3.py"),
+                          wall_time_line(outcomes, 0, started)], args.out)
     return 0
 
 

@@ -44,6 +44,15 @@ def test_benchmark_writes_a_table_with_provenance(tmp_path):
     assert "- command: `python benchmarks/dyna_vs_sb3.py --seeds 0 1" in text
     assert "stable-baselines3 2." in text and "rliable 1." in text and "- date: " in text and "cores" in text
     assert "ratio 1.00 (target: at most 1/3) - not met" in text
+    total = sum(o.seconds for o in script.run_jobs(script.jobs_for([0, 1], 2, 500, 250), 1, echo=False,
+                                                   cache=tmp_path / "runs"))
+    assert f"Wall time: the 10 runs took {total:,.0f} s" in text and "read back" not in text
+    # a second invocation reads every run back, and says its time is not theirs
+    assert script.main(["--seeds", "0", "1", "--budget", "500", "--eval-every", "250", "--workers", "1",
+                        "--k", "2", "--reps", "100", "--out", str(out), "--runs", str(tmp_path / "runs")]) == 0
+    again = out.read_text()
+    assert f"Wall time: the 10 runs took {total:,.0f} s" in again
+    assert "and ran 0 of them, the other 10 read back from earlier invocations." in again
 
 
 def test_an_interrupted_benchmark_resumes_from_the_runs_it_kept(tmp_path, monkeypatch):
@@ -132,3 +141,22 @@ def test_k_is_chosen_on_tuning_seeds_the_reported_runs_do_not_use(monkeypatch, c
     with pytest.raises(SystemExit):
         script.main(["--seeds", "100", "101", "--out", "-"])  # tuning seeds reported: refused
     assert "overlap the reported seeds" in capsys.readouterr().err
+
+
+def test_ppo_benchmark_writes_its_table_with_provenance_and_wall_time(tmp_path):
+    spec = importlib.util.spec_from_file_location("ppo_vs_sb3", SCRIPT.parent / "ppo_vs_sb3.py")
+    script = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = script
+    spec.loader.exec_module(script)
+    out = tmp_path / "ppo.md"
+    # two PPO iterations of 8 x 32 steps each: nothing solves, but every path runs
+    assert script.main(["--seeds", "0", "1", "--budget", "512", "--eval-every", "256", "--workers", "1",
+                        "--reps", "100", "--out", str(out)]) == 0
+    text = out.read_text()
+    for method in ("PPO (wmbook)", "PPO (stable-baselines3, rl-zoo settings)"):
+        assert f"| {method} | > 512, > 512 | " in text
+        assert f"| {method} | 512 [512, 512] | 512 [512, 512] | 2 |" in text  # censored at the budget
+    assert "- command: `python benchmarks/ppo_vs_sb3.py --seeds 0 1" in text
+    assert "Wall time: the 4 runs took " in text and "read back" not in text
+    with pytest.raises(SystemExit):
+        script.main(["--eval-every", "500", "--out", "-"])  # not a multiple of the 8 environments
