@@ -602,10 +602,14 @@ class WorldModelPPOTrainer:
         """``memory_refresh_updates`` updates of M on :attr:`memory_data`; returns their mean NLL."""
         training, mdn = self.config.world_model.training, self.config.world_model.mdn_rnn
         if self.memory_optimizer is None:
-            self.memory_optimizer = torch.optim.Adam(self.mdn.parameters(), lr=self.mdn.config.learning_rate)
+            self.memory_optimizer = self._new_memory_optimizer()
         history = train_mdn_rnn(self.mdn, self.memory_data, training.memory_refresh_updates, mdn.batch_size,
                                 mdn.chunk_length, optimizer=self.memory_optimizer)
         return float(np.mean(history.nll))
+
+    def _new_memory_optimizer(self) -> torch.optim.Optimizer:
+        """M's own Adam for the refreshes (pretraining's is not kept)."""
+        return torch.optim.Adam(self.mdn.parameters(), lr=self.mdn.config.learning_rate)
 
     def imagine(self, starts: VMLatent, n_steps: int, horizon: int) -> tuple[Batch | None, dict]:
         """``n_steps`` imagined steps in rollouts of at most ``horizon`` steps from latents drawn
@@ -756,7 +760,7 @@ class WorldModelPPOTrainer:
         self._open_episodes = [{key: list(value.cpu().numpy()) for key, value in episode.items()} or None
                                for episode in data.get("open_episodes", [{}] * len(self.envs))]
         if data.get("memory_optimizer"):
-            self.memory_optimizer = torch.optim.Adam(self.mdn.parameters(), lr=self.mdn.config.learning_rate)
+            self.memory_optimizer = self._new_memory_optimizer()
             self.memory_optimizer.load_state_dict(data["memory_optimizer"])
         self.result = RunResult(**json.loads(data["result"]))
         self.metrics = json.loads(data["metrics"])
