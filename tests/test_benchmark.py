@@ -12,11 +12,11 @@ import pytest
 
 pytest.importorskip("stable_baselines3")
 pytest.importorskip("rliable")
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "dyna_vs_sb3.py"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("dyna_vs_sb3", SCRIPT)
+def load_script(name: str = "dyna_vs_sb3"):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up by name
     spec.loader.exec_module(module)
@@ -144,10 +144,7 @@ def test_k_is_chosen_on_tuning_seeds_the_reported_runs_do_not_use(monkeypatch, c
 
 
 def test_ppo_benchmark_writes_its_table_with_provenance_and_wall_time(tmp_path):
-    spec = importlib.util.spec_from_file_location("ppo_vs_sb3", SCRIPT.parent / "ppo_vs_sb3.py")
-    script = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = script
-    spec.loader.exec_module(script)
+    script = load_script("ppo_vs_sb3")
     out = tmp_path / "ppo.md"
     # two PPO iterations of 8 x 32 steps each: nothing solves, but every path runs
     assert script.main(["--seeds", "0", "1", "--budget", "512", "--eval-every", "256", "--workers", "1",
