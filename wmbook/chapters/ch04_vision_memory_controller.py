@@ -52,9 +52,10 @@ steps, 6 after 30,000 and 7 after 40,000. From pixels at 20,000, 6 reached it at
 ratio 0; at 40,000, 4 at ratio 0.5 and 6 at ratio 0. M's iterative training on the controller's own
 episodes (``memory_refresh_every`` 5) brought no more of the tuning seeds to 475 at 20,000 steps,
 at half again the controllers' time. At 40,000 steps and ratio 0.5 it brought 7 of the 8 (all but
-106, whose V never learned the pole; with actions repeated four times instead, 1 of the first 4),
-but each controller then took about 145 s instead of about 50, which the chapter's 10 minutes do
-not hold, so it is off. The chapter's seeds are 0, 1 and 2.
+106, whose V never learned the pole; refreshing every 10 iterations, 6; with actions repeated four
+times, 1 of the first 4), but each controller then took about 145 s instead of about 50 (110 s when
+refreshing every 10), which the chapter's 10 minutes do not hold, so it is off. The chapter's seeds
+are 0, 1 and 2.
 """
 
 from __future__ import annotations
