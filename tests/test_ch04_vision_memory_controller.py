@@ -4,6 +4,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
 
 import wmbook.chapters.ch04_vision_memory_controller as ch4
 
@@ -38,7 +39,8 @@ def _tiny_chapter(tmp_path, workers: int) -> "ch4.VMCChapter":
         "world_model.vae.channels": (4, 8), "world_model.vae.hidden_dims": (16,), "world_model.vae.latent_dim": 4,
         "world_model.mdn_rnn.hidden_dim": 8, "world_model.mdn_rnn.chunk_length": 4,
         "world_model.training.pretrain_epochs": 1, "world_model.training.memory_epochs": 1,
-        "world_model.training.imagination_horizon": 3,
+        "world_model.training.imagination_horizon": 3, "world_model.training.memory_refresh_every": 1,
+        "world_model.training.memory_refresh_updates": 2,
         "world_model.data_collection.random_collection_steps": 60, "evaluation.episodes": 2})
     return dataclasses.replace(ch4.PROFILES["ci"], trainer=trainer, seeds=(3, 4), ratios=(0.0, 0.5), workers=workers)
 
@@ -49,17 +51,40 @@ def _outcome(records):
               for run in r.runs]) for r in records]
 
 
-def test_run_all_gives_the_same_records_in_worker_processes_and_from_a_given_pretrained_seed(tmp_path):
-    serial = _tiny_chapter(tmp_path, workers=1)
-    given = ch4.pretrained(serial, 3)
-    alone = ch4.run_all(serial, (3, 4), progress=False, given={3: given}, untrained_seed=3)
-    pooled = ch4.run_all(_tiny_chapter(tmp_path, workers=2), (3, 4), progress=False, untrained_seed=3)
+def test_runs_give_the_same_records_in_worker_processes_as_in_this_one(tmp_path):
+    serial = ch4.ChapterRuns(_tiny_chapter(tmp_path, workers=1), (3, 4), untrained_seed=3)
+    pooled = ch4.ChapterRuns(_tiny_chapter(tmp_path, workers=2), (3, 4), untrained_seed=3)
+    # a seed's pretrained world model reaches this process while its controllers train
+    here, there = serial.pretrained(3), pooled.pretrained(3)
+    assert here.pretrained and there.pretrained
+    for name, weights in here.vae.state_dict().items():
+        assert torch.equal(weights, there.vae.state_dict()[name]), name
+    alone, spread = serial.records(progress=False), pooled.records(progress=False)
     assert [r.seed for r in alone] == [3, 4]
     assert [run.ratio for run in alone[0].runs] == [0.0, 0.5]
     assert alone[0].untrained is not None and alone[1].untrained is None
     assert alone[0].untrained.label == "untrained M" and alone[0].untrained.imagined_steps == 0
     assert alone[0].runs[1].imagined_steps > 0
-    assert _outcome(alone) == _outcome(pooled)
+    assert _outcome(alone) == _outcome(spread)
+
+
+def test_the_untrained_memory_stays_untrained_while_the_trained_one_is_refreshed(tmp_path, monkeypatch):
+    chapter = _tiny_chapter(tmp_path, workers=1)
+    trainer = ch4.pretrained(chapter, 3)
+    refreshed = []
+    original = ch4.WorldModelPPOTrainer.refresh_memory
+    monkeypatch.setattr(ch4.WorldModelPPOTrainer, "refresh_memory",
+                        lambda self: refreshed.append(self.config.seed) or original(self))
+    ch4.untrained_memory_run(chapter, trainer)
+    assert refreshed == []
+    ch4.run_controller(trainer, ch4.config_for(chapter, 3, 0.0), "ratio 0")
+    assert len(refreshed) >= 2
+
+
+def test_runs_refuse_a_seed_they_were_not_given(tmp_path):
+    runs = ch4.ChapterRuns(_tiny_chapter(tmp_path, workers=1), (3,))
+    with pytest.raises(ValueError, match="seed 5 is not among"):
+        runs.pretrained(5)
 
 
 def test_snapshot_refuses_a_trainer_that_was_not_pretrained(tmp_path):

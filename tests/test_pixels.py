@@ -381,3 +381,30 @@ def test_the_cart_is_found_in_the_pixels_at_the_end_of_the_track():
 def test_the_fovea_is_cartpoles_only():
     with pytest.raises(ValueError, match="not CartPole"):
         make_pixel_env("Pendulum-v1", fovea=True)
+
+
+# -- reading CartPole's surface -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"fovea": True}, {"crop": None}, {"crop": (100, 300, 50, 550)}])
+def test_frames_read_from_cartpoles_surface_equal_those_of_render(kwargs):
+    fast, reference = make_pixel_env(**kwargs), make_pixel_env(**kwargs)
+    reference._reads_surface = False  # every frame through render()
+    fast.reset(seed=0)
+    reference.reset(seed=0)
+    states = np.random.default_rng(0).uniform([-2.6, -3, -0.3, -3], [2.6, 3, 0.3, 3], size=(60, 4))
+    for state in states:
+        np.testing.assert_array_equal(_frame_of(fast, state), _frame_of(reference, state))
+    assert fast._reads_surface  # the fast path was kept throughout
+
+
+def test_a_cartpole_that_renders_otherwise_is_read_through_render():
+    class Inverted(gym.Wrapper):  # a render that is not what CartPole draws on its surface
+        def render(self):
+            return 255 - self.env.render()
+
+    env = PixelObservation(Inverted(gym.make("CartPole-v1", render_mode="rgb_array")), layout="hwc")
+    first, _ = env.reset(seed=0)
+    second = env.step(1)[0]
+    assert not env._reads_surface
+    assert first.mean() < 40 and second.mean() < 40  # the inverted frames (mostly black), twice

@@ -2,22 +2,24 @@
 
 Per seed, one trainer collects random data and pretrains V and M once; every controller of that
 seed then starts from copies of the same V and M (:func:`fork`), so the imagination ratios are
-compared on the same world model. :func:`run_all` cuts the work into jobs, one per seed's
-pretraining and one per controller, and runs them one process per core, the costliest first, so
-that no core idles while another finishes a seed; the first seed's V and M, pretrained in the
-notebook for the experiments below, are handed to it (:func:`snapshot`, :func:`restore`) instead
-of being trained twice, and its untrained-M controller runs among the jobs. The experiments that
-look inside the models (reconstructions, the dream filmstrip, the NLL against a single
-Gaussian, the temperature sweep) run on the first seed in the notebook's own process, because
-they hand models back to the notebook.
+compared on the same world model. :class:`ChapterRuns` cuts the work into jobs, one per seed's
+pretraining and one per controller, and runs them in worker processes, one per core, the
+costliest first, so that no core idles while another finishes a seed. The first seed's V and M
+come back to the notebook (:func:`snapshot`, :func:`restore`) as soon as they are pretrained, and
+the experiments that look inside the models (reconstructions, the read-outs, the dream filmstrip,
+the NLL against a single Gaussian, the temperature sweep) run there while the controllers train,
+because they hand models and figures back to the notebook.
 
-Sizing for a 2-core CPU. Each real decision costs a CartPole render and a box-filter resize
-(a few milliseconds), a VAE encoding and an LSTM step, so the real budget is small: actions are
-repeated twice (half the renders per real step), frames are 64x64 but the VAE's convolutions are
-narrow (16-32-64-128 channels, one hidden layer of 256), M's LSTM has 128 units instead of 256,
-and the random data is a few thousand steps started all over the track (``diverse_starts``) so
-that V sees the cart wherever a good controller will take it. Each controller gets 20,000 real
-steps (10,000 decisions).
+Sizing for a 2-core CPU. Each real decision costs a CartPole frame (drawn by Gymnasium, read from
+its surface, cropped and box-filtered: about a millisecond), a VAE encoding and an LSTM step, so
+the real budget is small: actions are repeated twice (half the frames per real step), frames are
+64x64 but the VAE's convolutions are narrow (16-32-64-128 channels, one hidden layer of 256), M's
+LSTM has 128 units instead of 256, and the random data is a few thousand steps started all over
+the track (``diverse_starts``) so that V sees the cart wherever a good controller will take it.
+Each controller gets 40,000 real steps (20,000 decisions), and every 5 PPO iterations M trains
+for 100 more updates on the random data and the controller's real episodes so far, Ha and
+Schmidhuber's iterative procedure (``memory_refresh_every``). The jobs run in two worker
+processes while the notebook looks inside the first seed's V and M (:class:`ChapterRuns`).
 
 What V sees. On the whole-track view alone, a VAE of this size recovers the cart's position from
 ``z`` almost perfectly but not the pole's angle (measured with :func:`state_readout`; a smaller
@@ -36,26 +38,25 @@ Tuning. The PPO settings that differ from rl-baselines3-zoo's (learning rate 2e-
 real budget and M's passes were chosen on seed 100 and checked on seeds 101 and 102, which no
 reported run uses (at ratio 0.5 a GAE lambda of 0.95, dream rollouts of 30 steps and 30,000 real
 steps did no better there). The entropy bonus of 0.01 was then chosen on seeds 100 to 107 at ratio
-0.5, where it brought more of them to a return of 475 than no bonus, bonuses of 0.02 and 0.03, a
-discount of 0.98 or 0.995, 64-step rollouts, 16 environments, a wider controller, dream rollouts of
-5 steps, 30,000 real steps, 10 PPO epochs, actions repeated four times, ``[z, h]`` standardised
-with the random data's statistics, ten passes of V instead of six (1 of the 6 seeds run reached
-475, against 4 of the same 6), half of the dream rollouts started from the random data's states
-(3 of 8) or 10,000 dreamt steps before the first real one (3 of 8: on seven seeds the controller's
-first 20 real episodes already averaged 95 to 453, and four of the five runs that fell short ended
-with the cart off the track). Most runs that fall short there end with the cart off the track, and
-on most of those seeds the cart's velocity is the part of the state that ``[z, h]`` carries worst
-(:func:`state_readout`; three times M's passes raised its R^2 by at most 0.03 on seeds 102 and
-105). The real budget is tight for PPO itself: with these settings on CartPole's true state (actions
-repeated twice, no pixels, no world model) it reached 475 on 2 of seeds 100 to 107 after 20,000 real
-steps, 6 after 30,000 and 7 after 40,000. From pixels at 20,000, 6 reached it at ratio 0.5 and 2 at
-ratio 0; at 40,000, 4 at ratio 0.5 and 6 at ratio 0. M's iterative training on the controller's own
-episodes (``memory_refresh_every`` 5) brought no more of the tuning seeds to 475 at 20,000 steps,
-at half again the controllers' time. At 40,000 steps and ratio 0.5 it brought 7 of the 8 (all but
-106, whose V never learned the pole; refreshing every 10 iterations, 6; with actions repeated four
-times, 1 of the first 4), but each controller then took about 145 s instead of about 50 (110 s when
-refreshing every 10), which the chapter's 10 minutes do not hold, so it is off. The chapter's seeds
-are 0, 1 and 2.
+0.5 and 20,000 real steps (M trained on random play only), where it brought more of them to a return
+of 475 than no bonus, bonuses of 0.02 and 0.03, a discount of 0.98 or 0.995, 64-step rollouts, 16
+environments, a wider controller, dream rollouts of 5 steps, 30,000 real steps, 10 PPO epochs,
+actions repeated four times, ``[z, h]`` standardised with the random data's statistics, ten passes
+of V instead of six (1 of the 6 seeds run reached 475, against 4 of the same 6), half of the dream
+rollouts started from the random data's states (3 of 8) or 10,000 dreamt steps before the first real
+one (3 of 8: on seven seeds the controller's first 20 real episodes already averaged 95 to 453, and
+four of the five runs that fell short ended with the cart off the track). Most runs that fall short
+there end with the cart off the track, and on most of those seeds the cart's velocity is the part of
+the state that ``[z, h]`` carries worst (:func:`state_readout`; three times M's passes raised its
+R^2 by at most 0.03 on seeds 102 and 105). The real budget is tight for PPO itself: with these
+settings on CartPole's true state (actions repeated twice, no pixels, no world model) it reached 475
+on 2 of seeds 100 to 107 after 20,000 real steps, 6 after 30,000 and 7 after 40,000. From pixels at
+20,000 steps, 6 reached it at ratio 0.5 and 2 at ratio 0; at 40,000 with M trained on random play
+only, 4 at ratio 0.5 and 6 at ratio 0. M's iterative training on the controller's own episodes
+(``memory_refresh_every`` 5, 100 updates each) brought no more of them to 475 at 20,000 steps, but
+at 40,000 and ratio 0.5 it brought 7 of the 8 (all but 106, whose V never learned the pole), against
+6 with 50 updates per refresh, 6 when refreshing every 10 iterations and 1 of the first 4 with
+actions repeated four times: that is the chapter's setting. The chapter's seeds are 0, 1 and 2.
 """
 
 from __future__ import annotations
@@ -64,8 +65,9 @@ import copy
 import dataclasses
 import math
 import multiprocessing
+import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -83,13 +85,14 @@ def _config(**dotted) -> Config:
 
 # what the full profile trains: narrow networks, a small random data set, actions repeated twice
 _FULL = dict(**{
-    "total_timesteps": 20_000, "checkpoint_every": 1_000_000, "out": "_build/ch04_runs",
+    "total_timesteps": 40_000, "checkpoint_every": 1_000_000, "out": "_build/ch04_runs",
     "env.num_envs": 8, "env.action_repeat": 2, "env.fovea": True,
     "ppo.learning_rate": 2e-3, "ppo.gamma": 0.99, "ppo.ent_coef": 0.01,
     "world_model.vae.channels": (16, 32, 64, 128), "world_model.vae.hidden_dims": (256,),
     "world_model.vae.batch_size": 32,
     "world_model.mdn_rnn.hidden_dim": 128,
     "world_model.training.pretrain_epochs": 6, "world_model.training.memory_epochs": 300,
+    "world_model.training.memory_refresh_every": 5, "world_model.training.memory_refresh_updates": 100,
     "world_model.data_collection.random_collection_steps": 4_000,
     "evaluation.episodes": 20,
 })
@@ -101,6 +104,7 @@ _CI = dict(**{
     "world_model.vae.latent_dim": 8, "world_model.vae.batch_size": 32,
     "world_model.mdn_rnn.hidden_dim": 32, "world_model.mdn_rnn.chunk_length": 8,
     "world_model.training.pretrain_epochs": 2, "world_model.training.memory_epochs": 4,
+    "world_model.training.memory_refresh_every": 3, "world_model.training.memory_refresh_updates": 4,
     "world_model.data_collection.random_collection_steps": 400,
     "evaluation.episodes": 3,
 })
@@ -260,7 +264,7 @@ def run_controller(trainer: WorldModelPPOTrainer, config: Config, label: str) ->
                      float(np.mean(lengths)) if lengths else 0.0)
 
 
-# One job of run_all: each runs in a fresh single-threaded process (or in this one, in order).
+# One job of ChapterRuns: each runs in a fresh single-threaded process (or in this one, in order).
 
 def _pretrain_job(chapter: VMCChapter, seed: int) -> Pretrained:
     torch.set_num_threads(1)
@@ -288,52 +292,112 @@ def run_seed(chapter: VMCChapter, seed: int, threads: int = 1, progress: bool = 
     return record
 
 
-def run_all(chapter: VMCChapter, seeds: tuple[int, ...], progress: bool = True,
-            given: dict[int, WorldModelPPOTrainer] | None = None, untrained_seed: int | None = None
-            ) -> list[SeedRecord]:
-    """Pretrain every seed (except those ``given`` already pretrained), then train one controller
-    per seed and imagination ratio (and, for ``untrained_seed``, the untrained-M run of
-    :func:`untrained_memory_run`); records in seed order.
+class ChapterRuns:
+    """Every seed's pretraining and controllers, started at once in worker processes.
 
     The work is cut into jobs, one per pretraining and one per controller, run ``chapter.workers``
-    at a time in fresh processes, the costliest (highest ratio) first: per-seed jobs would leave a
-    core idle while the last seed runs. Every job seeds itself, so the results do not depend on
-    how the jobs are spread."""
-    given = dict(given or {})
-    saved = {seed: snapshot(trainer) for seed, trainer in given.items() if seed in seeds}
-    todo = [seed for seed in seeds if seed not in saved]
-    jobs = [(seed, ratio) for ratio in sorted(chapter.ratios, reverse=True) for seed in seeds]
-    if untrained_seed is not None:
-        jobs.append((untrained_seed, None))
-    runs: dict[tuple[int, float | None], RunRecord] = {}
-    bar = tqdm(total=len(todo) + len(jobs), desc="pretraining and controllers", disable=not progress)
-    if chapter.workers <= 1:
-        for seed in todo:
-            saved[seed] = _pretrain_job(chapter, seed)
-            bar.update()
-        for seed, ratio in jobs:
-            runs[seed, ratio] = _controller_job(chapter, saved[seed], ratio)
-            bar.update()
-    else:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=chapter.workers, mp_context=context) as pool:
-            futures = {pool.submit(_pretrain_job, chapter, seed): seed for seed in todo}
-            for future in as_completed(futures):
-                saved[futures[future]] = future.result()
-                bar.update()
-            futures = {pool.submit(_controller_job, chapter, saved[seed], ratio): (seed, ratio)
-                       for seed, ratio in jobs}
-            for future in as_completed(futures):
-                runs[futures[future]] = future.result()
-                bar.update()
-    bar.close()
-    records = []
-    for seed in seeds:
-        s = saved[seed]
-        records.append(SeedRecord(seed, s.vae_history["reconstruction"], s.vae_history["kl"], s.mdn_history["nll"],
-                                  [runs[seed, ratio] for ratio in chapter.ratios], s.cpu_seconds,
-                                  runs.get((seed, None))))
-    return records
+    at a time in fresh single-threaded processes: per-seed jobs would leave a core idle while the
+    last seed runs. As soon as a seed's V and M are pretrained its controllers are ready to run
+    (and, for ``untrained_seed``, the untrained-M run of :func:`untrained_memory_run`); whenever a
+    worker is free it takes the costliest ready job (highest ratio first). Meanwhile this process is free: :meth:`pretrained` hands it a
+    seed's pretrained trainer as soon as that job is done (the chapter looks inside the first
+    seed's V and M while the controllers train), and :meth:`records` waits for the rest. Every job
+    seeds itself, so the results do not depend on how the jobs are spread. With ``workers <= 1``
+    nothing starts early: each job runs in this process when it is asked for.
+    """
+
+    def __init__(self, chapter: VMCChapter, seeds: tuple[int, ...], untrained_seed: int | None = None):
+        self.chapter, self.seeds = chapter, tuple(seeds)
+        self._jobs: dict[int, list[float | None]] = {
+            seed: sorted(chapter.ratios, reverse=True) + ([None] if seed == untrained_seed else []) for seed in seeds}
+        self._saved: dict[int, Pretrained] = {}
+        self._runs: dict[tuple[int, float | None], RunRecord] = {}
+        self._pool: ProcessPoolExecutor | None = None
+        if chapter.workers > 1:
+            context = multiprocessing.get_context("spawn")
+            self._pool = ProcessPoolExecutor(max_workers=chapter.workers, mp_context=context)
+            self._pretraining = {seed: self._pool.submit(_pretrain_job, chapter, seed) for seed in seeds}
+            self._controllers: dict[tuple[int, float | None], Future] = {}
+            self._queued = threading.Thread(target=self._queue_controllers, daemon=True)
+            self._queue_error: BaseException | None = None
+            self._queued.start()
+
+    def _queue_controllers(self) -> None:
+        """Submit each seed's controllers once its pretraining is done, never more than
+        ``workers`` jobs at a time, the costliest ready one first (runs in a thread), so that the
+        last jobs to finish are short ones."""
+        seed_of = {future: seed for seed, future in self._pretraining.items()}
+        running, ready = set(seed_of), []
+        try:
+            while running:
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    if future in seed_of:
+                        seed = seed_of[future]
+                        future.result()  # a failed pretraining stops here
+                        ready += [(seed, ratio) for ratio in self._jobs[seed]]
+                ready.sort(key=lambda job: -1.0 if job[1] is None else job[1], reverse=True)
+                while ready and len(running) < self.chapter.workers:
+                    seed, ratio = ready.pop(0)
+                    future = self._pool.submit(_controller_job, self.chapter, self._pretraining[seed].result(), ratio)
+                    self._controllers[seed, ratio] = future
+                    running.add(future)
+        except BaseException as error:  # records() raises it
+            self._queue_error = error
+
+    def _saved_of(self, seed: int) -> Pretrained:
+        if seed not in self._saved:
+            self._saved[seed] = (self._pretraining[seed].result() if self._pool is not None
+                                 else _pretrain_job(self.chapter, seed))
+        return self._saved[seed]
+
+    def pretrained(self, seed: int) -> WorldModelPPOTrainer:
+        """``seed``'s trainer with V and M pretrained, as :func:`pretrained` leaves it (waits for its job)."""
+        if seed not in self._jobs:
+            raise ValueError(f"seed {seed} is not among these runs' seeds {self.seeds}")
+        return restore(self.chapter, self._saved_of(seed))
+
+    def records(self, progress: bool = True) -> list[SeedRecord]:
+        """Every seed's record, in seed order, once all its runs have finished."""
+        total = sum(len(jobs) for jobs in self._jobs.values())
+        bar = tqdm(total=total, desc="controllers", disable=not progress)
+        try:
+            if self._pool is None:
+                for seed in self.seeds:
+                    for ratio in self._jobs[seed]:
+                        self._runs[seed, ratio] = _controller_job(self.chapter, self._saved_of(seed), ratio)
+                        bar.update()
+            else:
+                self._queued.join()
+                if self._queue_error is not None:
+                    raise self._queue_error
+                for key, future in self._controllers.items():
+                    self._runs[key] = future.result()
+                    bar.update()
+                for seed in self.seeds:
+                    self._saved_of(seed)
+        finally:
+            bar.close()
+            self.close()
+        records = []
+        for seed in self.seeds:
+            s = self._saved[seed]
+            records.append(SeedRecord(seed, s.vae_history["reconstruction"], s.vae_history["kl"], s.mdn_history["nll"],
+                                      [self._runs[seed, ratio] for ratio in self.chapter.ratios], s.cpu_seconds,
+                                      self._runs.get((seed, None))))
+        return records
+
+    def close(self) -> None:
+        """Stop the worker processes (cancelling the jobs not yet started)."""
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+
+
+def run_all(chapter: VMCChapter, seeds: tuple[int, ...], progress: bool = True,
+            untrained_seed: int | None = None) -> list[SeedRecord]:
+    """Pretrain every seed and train one controller per seed and imagination ratio (and, for
+    ``untrained_seed``, the untrained-M run), as :class:`ChapterRuns` does; records in seed order."""
+    return ChapterRuns(chapter, seeds, untrained_seed).records(progress)
 
 
 # -- looking inside V and M -----------------------------------------------------------------------
@@ -536,8 +600,9 @@ def temperature_sweep(chapter: VMCChapter, trainer: WorldModelPPOTrainer, progre
 
 
 def untrained_memory_run(chapter: VMCChapter, trainer: WorldModelPPOTrainer) -> RunRecord:
-    """A controller on real frames only (ratio 0) whose M keeps its random initial weights."""
-    config = config_for(chapter, trainer.config.seed, 0.0)
+    """A controller on real frames only (ratio 0) whose M keeps its random initial weights (it is
+    not refreshed on the controller's episodes either)."""
+    config = config_for(chapter, trainer.config.seed, 0.0, **{"world_model.training.memory_refresh_every": 0})
     child = fork(trainer, config)
     torch.manual_seed(config.seed)
     child.mdn.load_state_dict(MDNRNN(trainer.mdn.config).state_dict())  # the initial weights again

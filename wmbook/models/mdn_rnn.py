@@ -174,21 +174,23 @@ class MDNRNN(nn.Module):
         batch, length = z.shape[:2]
         if length < 2:
             raise ValueError(f"sequence_loss needs chunks of at least 2 steps, got {length}")
-        state = self.initial_state(batch, z.device)
-        nll, reward_err, done_err = [], [], []
-        for t in range(length - 1):
-            keep = (~is_first[:, t]).float().unsqueeze(1)  # restart the rows where an episode begins
-            state = (state[0] * keep, state[1] * keep)
-            out, state = self.step(z[:, t], action[:, t + 1], state)
-            nll.append(mdn_nll(out, z[:, t + 1]))
-            reward_err.append((out.reward - reward[:, t + 1]).pow(2))
-            done_err.append(F.binary_cross_entropy_with_logits(
-                out.done_logit, terminated[:, t + 1].float(), reduction="none"))
+        h, cell = self.initial_state(batch, z.device)
+        keep = (~is_first[:, :-1]).float().unsqueeze(-1)  # restart the rows where an episode begins
+        hidden = []
+        for t in range(length - 1):  # only the recurrence is stepped; the heads read all steps at once
+            inputs = torch.cat([z[:, t], self.encode_action(action[:, t + 1])], dim=-1)
+            h, cell = self.cell(inputs, (h * keep[:, t], cell * keep[:, t]))
+            hidden.append(h)
+        out = self.heads(torch.stack(hidden, 1).flatten(0, 1))  # (B * (T - 1), ...)
+        nll = mdn_nll(out, z[:, 1:].flatten(0, 1)).view(batch, -1)
+        reward_err = (out.reward.view(batch, -1) - reward[:, 1:]).pow(2)
+        done_err = F.binary_cross_entropy_with_logits(out.done_logit.view(batch, -1), terminated[:, 1:].float(),
+                                                      reduction="none")
         valid = (~is_first[:, 1:]).float()
         count = valid.sum().clamp_min(1.0)
 
-        def masked(values: list[torch.Tensor]) -> torch.Tensor:
-            return (torch.stack(values, 1) * valid).sum() / count
+        def masked(values: torch.Tensor) -> torch.Tensor:
+            return (values * valid).sum() / count
 
         losses = {"nll": masked(nll), "reward_mse": masked(reward_err), "done_bce": masked(done_err)}
         c = self.config
