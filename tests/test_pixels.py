@@ -388,14 +388,13 @@ def test_the_fovea_is_cartpoles_only():
 
 @pytest.mark.parametrize("kwargs", [{}, {"fovea": True}, {"crop": None}, {"crop": (100, 300, 50, 550)}])
 def test_frames_read_from_cartpoles_surface_equal_those_of_render(kwargs):
-    fast, reference = make_pixel_env(**kwargs), make_pixel_env(**kwargs)
-    reference._reads_surface = False  # every frame through render()
+    fast, reference = make_pixel_env(**kwargs), make_pixel_env(read_surface=False, **kwargs)
     fast.reset(seed=0)
     reference.reset(seed=0)
     states = np.random.default_rng(0).uniform([-2.6, -3, -0.3, -3], [2.6, 3, 0.3, 3], size=(60, 4))
     for state in states:
         np.testing.assert_array_equal(_frame_of(fast, state), _frame_of(reference, state))
-    assert fast._reads_surface  # the fast path was kept throughout
+    assert fast._reads_surface and not reference._reads_surface  # each kept its path throughout
 
 
 def test_a_cartpole_that_renders_otherwise_is_read_through_render():
@@ -408,3 +407,19 @@ def test_a_cartpole_that_renders_otherwise_is_read_through_render():
     second = env.step(1)[0]
     assert not env._reads_surface
     assert first.mean() < 40 and second.mean() < 40  # the inverted frames (mostly black), twice
+
+
+def test_the_frame_benchmark_checks_both_paths_and_reports_the_speed_up(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "pixel_fps.py"
+    spec = importlib.util.spec_from_file_location("pixel_fps", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.same_observations(32, fovea=True, seed=0, steps=40)
+    assert script.main(["--steps", "20", "--warmup", "0", "--size", "32"]) == 0
+    table = capsys.readouterr().out
+    for loop in ("pixels 32x32, surface", "pixels 32x32, fovea, render()", "pixels 32x32, fovea, surface"):
+        assert f"| {loop}" in table
+    assert table.count("x |") == 2  # a speed-up on each surface row

@@ -151,6 +151,9 @@ class PixelObservation(gym.Wrapper, gym.utils.RecordConstructorArgs):
             :func:`cartpole_crop` for CartPole and the whole frame for anything else.
         fovea: CartPole only: the top half of the output is a window centred on the cart (see
             the module's docstring), the bottom half the cropped band.
+        read_surface: CartPole only: read the frame from the surface CartPole draws on instead
+            of through ``render()``'s copy (the same pixels, in about half the time; see
+            :meth:`_render`). ``False`` always goes through ``render()``.
 
     Observations are fresh, C-contiguous uint8 arrays in ``Box(0, 255, shape, uint8)``.
     ``info["state"]`` holds the wrapped environment's own observation of the same step. The
@@ -159,8 +162,9 @@ class PixelObservation(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """
 
     def __init__(self, env: gym.Env, size: int | tuple[int, int] = 64, layout: str = "chw",
-                 crop: Crop | str | None = "auto", fovea: bool = False):
-        gym.utils.RecordConstructorArgs.__init__(self, size=size, layout=layout, crop=crop, fovea=fovea)
+                 crop: Crop | str | None = "auto", fovea: bool = False, read_surface: bool = True):
+        gym.utils.RecordConstructorArgs.__init__(self, size=size, layout=layout, crop=crop, fovea=fovea,
+                                                 read_surface=read_surface)
         gym.Wrapper.__init__(self, env)
         if env.render_mode != "rgb_array":
             raise ValueError(f"PixelObservation needs an environment made with render_mode='rgb_array', got "
@@ -179,7 +183,8 @@ class PixelObservation(gym.Wrapper, gym.utils.RecordConstructorArgs):
             self.crop = None if crop is None else _check_crop(crop)
         self.fovea = bool(fovea)
         # CartPole's surface is read directly (see _render) until a frame read so differs from render()
-        self._reads_surface = isinstance(env.unwrapped, CartPoleEnv) and hasattr(_pygame_image(), "tobytes")
+        self._reads_surface = (bool(read_surface) and isinstance(env.unwrapped, CartPoleEnv)
+                               and hasattr(_pygame_image(), "tobytes"))
         self._surface_checked = False
         self._canvas: np.ndarray | None = None  # the frame the surface's rows are read into, reused
         if self.fovea:
@@ -321,12 +326,12 @@ class ActionRepeat(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
 def make_pixel_env(env_id: str = "CartPole-v1", size: int | tuple[int, int] = 64, seed: int | None = None,
                    *, layout: str = "chw", crop: Crop | str | None = "auto", action_repeat: int = 1,
-                   fovea: bool = False, **kwargs) -> PixelObservation:
+                   fovea: bool = False, read_surface: bool = True, **kwargs) -> PixelObservation:
     """``gymnasium.make(env_id, render_mode="rgb_array", **kwargs)`` seen through its pixels.
 
     ``seed`` seeds the action space (reset the environment with a seed for reproducible
     frames); ``action_repeat > 1`` adds :class:`ActionRepeat` beneath the pixels. ``size``,
-    ``layout``, ``crop`` and ``fovea`` are :class:`PixelObservation`'s.
+    ``layout``, ``crop``, ``fovea`` and ``read_surface`` are :class:`PixelObservation`'s.
     """
     if kwargs.get("render_mode", "rgb_array") != "rgb_array":
         raise ValueError(f"pixel observations need render_mode='rgb_array', got {kwargs['render_mode']!r}")
@@ -334,4 +339,4 @@ def make_pixel_env(env_id: str = "CartPole-v1", size: int | tuple[int, int] = 64
     env = make_env(env_id, seed=seed, **kwargs)
     if action_repeat != 1:
         env = ActionRepeat(env, action_repeat)
-    return PixelObservation(env, size=size, layout=layout, crop=crop, fovea=fovea)
+    return PixelObservation(env, size=size, layout=layout, crop=crop, fovea=fovea, read_surface=read_surface)
