@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import wmbook.chapters.ch04_vision_memory_controller as ch4
+from wmbook.agents.world_model_ppo import ConfigError
 
 
 def test_the_linear_readout_recovers_a_linear_signal_and_not_noise():
@@ -79,6 +80,13 @@ def test_the_untrained_memory_stays_untrained_while_the_trained_one_is_refreshed
     assert refreshed == []
     ch4.run_controller(trainer, ch4.config_for(chapter, 3, 0.0), "ratio 0")
     assert len(refreshed) >= 2
+
+
+def test_a_job_that_fails_in_a_worker_fails_the_records_with_its_own_error(tmp_path):
+    chapter = dataclasses.replace(_tiny_chapter(tmp_path, workers=2), ratios=(0.0, 1.0))
+    runs = ch4.ChapterRuns(chapter, (3,))
+    with pytest.raises(ConfigError, match="imagination_ratio must lie in"):
+        runs.records(progress=False)
 
 
 def test_runs_refuse_a_seed_they_were_not_given(tmp_path):

@@ -65,6 +65,7 @@ import copy
 import dataclasses
 import math
 import multiprocessing
+import queue
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -299,11 +300,12 @@ class ChapterRuns:
     at a time in fresh single-threaded processes: per-seed jobs would leave a core idle while the
     last seed runs. As soon as a seed's V and M are pretrained its controllers are ready to run
     (and, for ``untrained_seed``, the untrained-M run of :func:`untrained_memory_run`); whenever a
-    worker is free it takes the costliest ready job (highest ratio first). Meanwhile this process is free: :meth:`pretrained` hands it a
-    seed's pretrained trainer as soon as that job is done (the chapter looks inside the first
-    seed's V and M while the controllers train), and :meth:`records` waits for the rest. Every job
-    seeds itself, so the results do not depend on how the jobs are spread. With ``workers <= 1``
-    nothing starts early: each job runs in this process when it is asked for.
+    worker is free it takes the costliest ready job (highest ratio first). Meanwhile this process
+    is free: :meth:`pretrained` hands it a seed's pretrained trainer as soon as that job is done
+    (the chapter looks inside the first seed's V and M while the controllers train), and
+    :meth:`records` waits for the rest. Every job seeds itself, so the results do not depend on how
+    the jobs are spread. With ``workers <= 1`` nothing starts early: each job runs in this process
+    when it is asked for.
     """
 
     def __init__(self, chapter: VMCChapter, seeds: tuple[int, ...], untrained_seed: int | None = None):
@@ -317,16 +319,16 @@ class ChapterRuns:
             context = multiprocessing.get_context("spawn")
             self._pool = ProcessPoolExecutor(max_workers=chapter.workers, mp_context=context)
             self._pretraining = {seed: self._pool.submit(_pretrain_job, chapter, seed) for seed in seeds}
-            self._controllers: dict[tuple[int, float | None], Future] = {}
-            self._queued = threading.Thread(target=self._queue_controllers, daemon=True)
-            self._queue_error: BaseException | None = None
-            self._queued.start()
+            self._finished: queue.Queue = queue.Queue()  # (seed, ratio) and future of each finished controller
+            self._scheduler = threading.Thread(target=self._schedule_controllers, daemon=True)
+            self._scheduler.start()
 
-    def _queue_controllers(self) -> None:
+    def _schedule_controllers(self) -> None:
         """Submit each seed's controllers once its pretraining is done, never more than
-        ``workers`` jobs at a time, the costliest ready one first (runs in a thread), so that the
-        last jobs to finish are short ones."""
+        ``workers`` jobs at a time, the costliest ready one first, so that the last jobs to finish
+        are short ones; report each finished controller to :meth:`records` (runs in a thread)."""
         seed_of = {future: seed for seed, future in self._pretraining.items()}
+        job_of: dict[Future, tuple[int, float | None]] = {}
         running, ready = set(seed_of), []
         try:
             while running:
@@ -336,14 +338,16 @@ class ChapterRuns:
                         seed = seed_of[future]
                         future.result()  # a failed pretraining stops here
                         ready += [(seed, ratio) for ratio in self._jobs[seed]]
+                    else:
+                        self._finished.put((job_of[future], future))
                 ready.sort(key=lambda job: -1.0 if job[1] is None else job[1], reverse=True)
                 while ready and len(running) < self.chapter.workers:
                     seed, ratio = ready.pop(0)
                     future = self._pool.submit(_controller_job, self.chapter, self._pretraining[seed].result(), ratio)
-                    self._controllers[seed, ratio] = future
+                    job_of[future] = seed, ratio
                     running.add(future)
         except BaseException as error:  # records() raises it
-            self._queue_error = error
+            self._finished.put((None, error))
 
     def _saved_of(self, seed: int) -> Pretrained:
         if seed not in self._saved:
@@ -368,11 +372,11 @@ class ChapterRuns:
                         self._runs[seed, ratio] = _controller_job(self.chapter, self._saved_of(seed), ratio)
                         bar.update()
             else:
-                self._queued.join()
-                if self._queue_error is not None:
-                    raise self._queue_error
-                for key, future in self._controllers.items():
-                    self._runs[key] = future.result()
+                for _ in range(total):
+                    key, finished = self._finished.get()
+                    if key is None:
+                        raise finished
+                    self._runs[key] = finished.result()
                     bar.update()
                 for seed in self.seeds:
                     self._saved_of(seed)
