@@ -281,18 +281,6 @@ def _controller_job(chapter: VMCChapter, saved: Pretrained, ratio: float | None)
     return run_controller(trainer, config_for(chapter, saved.seed, ratio), f"ratio {ratio:g}")
 
 
-def run_seed(chapter: VMCChapter, seed: int, threads: int = 1, progress: bool = False) -> SeedRecord:
-    """Pretrain V and M of ``seed`` and train one controller per imagination ratio."""
-    torch.set_num_threads(threads)
-    trainer = pretrained(chapter, seed, progress)
-    history = trainer.result
-    record = SeedRecord(seed, history.vae_history["reconstruction"], history.vae_history["kl"],
-                        history.mdn_history["nll"], pretrain_cpu_seconds=trainer.pretrain_cpu_seconds)
-    for ratio in chapter.ratios:
-        record.runs.append(run_controller(trainer, config_for(chapter, seed, ratio), f"ratio {ratio:g}"))
-    return record
-
-
 class ChapterRuns:
     """Every seed's pretraining and controllers, started at once in worker processes.
 
@@ -395,13 +383,6 @@ class ChapterRuns:
         """Stop the worker processes (cancelling the jobs not yet started)."""
         if self._pool is not None:
             self._pool.shutdown(cancel_futures=True)
-
-
-def run_all(chapter: VMCChapter, seeds: tuple[int, ...], progress: bool = True,
-            untrained_seed: int | None = None) -> list[SeedRecord]:
-    """Pretrain every seed and train one controller per seed and imagination ratio (and, for
-    ``untrained_seed``, the untrained-M run), as :class:`ChapterRuns` does; records in seed order."""
-    return ChapterRuns(chapter, seeds, untrained_seed).records(progress)
 
 
 # -- looking inside V and M -----------------------------------------------------------------------
