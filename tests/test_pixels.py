@@ -386,7 +386,8 @@ def test_the_fovea_is_cartpoles_only():
 # -- reading CartPole's surface -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"fovea": True}, {"crop": None}, {"crop": (100, 300, 50, 550)}])
+@pytest.mark.parametrize("kwargs", [{}, {"fovea": True}, {"crop": None}, {"crop": (100, 300, 50, 550)},
+                                    {"fovea": True, "crop": (150, 260, 0, 600)}])  # the cart below this crop
 def test_frames_read_from_cartpoles_surface_equal_those_of_render(kwargs):
     fast, reference = make_pixel_env(**kwargs), make_pixel_env(read_surface=False, **kwargs)
     fast.reset(seed=0)

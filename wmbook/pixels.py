@@ -122,13 +122,20 @@ def cartpole_cart_column(frame: np.ndarray, env: gym.Env) -> int:
     left out). A cart partly beyond the frame's edge gives the middle of its visible part; a
     frame without any (the cart wholly outside it) gives the frame's centre.
     """
-    core = env.unwrapped
-    cart_top = core.screen_height - (_CART_Y + _CART_HEIGHT / 2)
-    rows = frame[math.ceil(cart_top) + 1:core.screen_height - _CART_Y - 2]
+    first, last = _cart_body_rows(env)
+    rows = frame[first:last]
     # every channel below _DARK (the same as their maximum, without numpy's slow reduction over 3)
     black = (rows[..., 0] < _DARK) & (rows[..., 1] < _DARK) & (rows[..., 2] < _DARK)
     dark = np.flatnonzero(black.any(axis=0))
     return int(round((dark[0] + dark[-1]) / 2)) if len(dark) else frame.shape[1] // 2
+
+
+def _cart_body_rows(env: gym.Env) -> tuple[int, int]:
+    """The rows ``[first, last)`` of CartPole's full frame in which :func:`cartpole_cart_column`
+    looks for the cart's body."""
+    core = env.unwrapped
+    cart_top = core.screen_height - (_CART_Y + _CART_HEIGHT / 2)
+    return math.ceil(cart_top) + 1, core.screen_height - _CART_Y - 2
 
 
 def _check_crop(crop: Any) -> Crop:
@@ -225,10 +232,10 @@ class PixelObservation(gym.Wrapper, gym.utils.RecordConstructorArgs):
         CartPole's ``render()`` spends more than half of its time copying its whole pygame surface
         through a transposed view (about 0.9 of 1.3 ms a frame on a 2-core CPU). Asked to render in
         a mode other than ``"human"`` and ``"rgb_array"``, it draws onto the same surface and
-        returns nothing; only the rows of the crop are then read from the surface, in row order,
-        into a frame whose other rows stay white (no observation uses them). The first frame's
-        crop is compared with ``render()``'s, and a renderer that draws otherwise gets ``render()``
-        from then on.
+        returns nothing; only the rows the observation uses (the crop's, and with the fovea the
+        cart's) are then read from the surface, in row order, into a frame whose other rows stay
+        white. The first frame's rows are compared with ``render()``'s, and a renderer that draws
+        otherwise gets ``render()`` from then on.
         """
         if not self._reads_surface:
             return self.env.render()
@@ -242,6 +249,9 @@ class PixelObservation(gym.Wrapper, gym.utils.RecordConstructorArgs):
         screen = core.screen
         height, width = screen.get_height(), screen.get_width()
         top, bottom = (self.crop[0], self.crop[1]) if self.crop is not None else (0, height)
+        if self.fovea:  # the cart is found in its body's rows, wherever the crop lies
+            first, last = _cart_body_rows(self.env)
+            top, bottom = min(top, first), max(bottom, last)
         if bottom > height:  # render() reports the crop that does not fit
             self._reads_surface = False
             return self.env.render()
