@@ -2,6 +2,7 @@
 
 import contextlib
 import random
+import re
 from collections import OrderedDict, namedtuple
 
 import numpy as np
@@ -292,8 +293,8 @@ def test_to_device_changes_the_device(monkeypatch):
 
 def test_environment_stamp_keys_and_values():
     stamp = environment_stamp("cpu")
-    expected = {"device", "python", "torch", "gymnasium", "numpy", "torch threads", "cpu", "cpu cores",
-                "platform"}
+    expected = {"device", "python", "torch", "gymnasium", "numpy", "torch threads", "cpu", "cpu capability",
+                "cpu cores", "platform"}
     assert expected <= set(stamp)
     assert "gpu" not in stamp and "cuda" not in stamp
     assert stamp["device"] == "cpu"
@@ -301,6 +302,15 @@ def test_environment_stamp_keys_and_values():
     assert stamp["numpy"] == np.__version__
     assert stamp["torch threads"] == str(torch.get_num_threads())
     assert all(isinstance(value, str) for value in stamp.values())
+
+
+def test_stamp_names_the_instruction_set_torch_picked_its_cpu_kernels_for():
+    capability = environment_stamp("cpu")["cpu capability"]
+    assert capability == torch.backends.cpu.get_cpu_capability()
+    # one of the values torch's own docstring lists ("DEFAULT", "AVX2", "AVX512", ...)
+    documented = re.findall(r'- "([^"]+)"', torch.backends.cpu.get_cpu_capability.__doc__)
+    assert "AVX2" in documented and capability in documented
+    assert f"cpu capability : {capability}" in format_stamp(environment_stamp("cpu"))
 
 
 def test_cpu_model_reads_the_processor_name(monkeypatch, tmp_path):

@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+from html import unescape
 from pathlib import Path
 
 import nbformat
@@ -38,6 +39,11 @@ def tiny_book(target: Path, chapters: dict[str, list[str]] | list[str]) -> Path:
         notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         nbformat.write(notebook, target / "book" / f"{name}.ipynb")
     return target
+
+
+def page_text(path: Path) -> str:
+    """The text of an HTML page, without its tags."""
+    return unescape(re.sub(r"<[^>]+>", "", path.read_text()))
 
 
 def executed(root: Path, name: str = "01_tiny") -> nbformat.NotebookNode:
@@ -206,6 +212,75 @@ def test_build_refuses_chapters_run_with_different_profiles_or_seeds(tmp_path):
     assert result.returncode == 1
     assert "different profiles or seeds" in result.stderr
     assert "01_one: profile ci, seed 0" in result.stderr and "02_two: profile full, seed 3" in result.stderr
+
+
+def test_a_failed_chapter_becomes_an_error_report_and_the_rest_of_the_book_is_built(tmp_path):
+    stamp = ("from wmbook.device import environment_stamp, format_stamp\n"
+             "print(format_stamp(environment_stamp('cpu')))")
+    root = tiny_book(tmp_path, {"01_good": ["print('good chapter output')"],
+                                "02_broken": [stamp, "print('before the failure')",
+                                              "raise ValueError('broken on purpose')"],
+                                "03_random": ["import os\nprint(os.urandom(8).hex())"]})
+    # a section of the broken chapter that the landing page links to, and its chapter card
+    broken = nbformat.read(root / "book" / "02_broken.ipynb", as_version=4)
+    broken.cells.append(nbformat.v4.new_markdown_cell("(broken-results)=\n## Results"))
+    nbformat.write(broken, root / "book" / "02_broken.ipynb")
+    (root / "_config.yml").write_text("title: tiny\nexecute:\n  execute_notebooks: 'off'\n"
+                                      "sphinx:\n  extra_extensions: [wmbook.landing]\n")
+    (root / "book" / "intro.md").write_text(
+        "# Tiny\n\nSee {ref}`broken-results`.\n\n```{chapter-card} 02_broken\n:figure: plot(\n:alt: none\n"
+        ":time: 1 s\n:headline: {value}\n\nWhat the chapter teaches.\n```\n")
+
+    result = wmbook(root, "all", "--profile", "ci")
+    assert result.returncode == 1, result.stdout + result.stderr
+    summary = result.stdout[result.stdout.index("summary:"):]
+    assert re.search(r"01_good +ok +[0-9.]+ s", summary)
+    assert re.search(r"02_broken +FAILED +[0-9.]+ s +chapter 02_broken failed in cell 5 .*"
+                     r"ValueError: broken on purpose", summary)
+    assert re.search(r"03_random +FAILED +[0-9.]+ s +nbval: 03_random did not reproduce its outputs "
+                     r"in cell 3 \(nbval's Cell 2\)", summary)
+    assert "02_broken, 03_random" in result.stderr
+
+    assert "Jupyter Book reported" not in result.stderr  # the build, with -W, had no warnings
+    pages = root / "_build" / "html"
+    assert "good chapter output" in (pages / "book" / "01_good.html").read_text()
+    report = page_text(pages / "book" / "02_broken.html")
+    assert "This chapter failed when the book was built" in report
+    assert "cell 5 of the executed notebook" in report and "raise ValueError('broken on purpose')" in report
+    assert "Error: ValueError: broken on purpose" in report and "Traceback (most recent call last)" in report
+    assert "cpu capability" in report and "Profile and seed: ci, seed 0" in report
+    assert "_build/failed/book/02_broken.ipynb" in report
+    report = page_text(pages / "book" / "03_random.html")
+    assert "print(os.urandom(8).hex())" in report and "Cell outputs differ" in report
+    landing = (pages / "book" / "intro.html").read_text()
+    assert "This chapter failed when it was last run" in landing
+    assert 'href="02_broken.html#broken-results"' in landing  # the label resolves, to the report
+
+    # what the failed chapters executed is kept; only the good chapter is cached
+    partial = nbformat.read(root / "_build" / "failed" / "book" / "02_broken.ipynb", as_version=4)
+    assert any("before the failure" in o.get("text", "") for c in partial.cells for o in c.get("outputs", []))
+    assert (root / "_build" / "failed" / "book" / "03_random.ipynb").is_file()
+    key = {c.name: pipeline.cache_key(root, c, "ci", 0, "auto") for c in pipeline.chapters(root)}
+    assert [c.name for c in pipeline.chapters(root) if pipeline.is_cached(root, c, key[c.name])] == ["01_good"]
+    assert pipeline.error_reports(root, pipeline.chapters(root)) == ["02_broken", "03_random"]
+
+
+def test_a_failed_chapter_is_never_cached_and_runs_again_until_it_succeeds(tmp_path):
+    # the chapter fails until a file appears beside its executed copy (the kernel's folder)
+    root = tiny_book(tmp_path, {"01_good": ["print('good')"],
+                                "02_flaky": ["import pathlib\nassert pathlib.Path('fixed').exists(), 'not yet'"]})
+    assert wmbook(root, "all", "--profile", "ci").returncode == 1
+    second = wmbook(root, "all", "--profile", "ci")
+    assert second.returncode == 1 and "AssertionError: not yet" in second.stdout
+    assert "cached   01_good" in second.stdout and "run      02_flaky" in second.stdout
+    assert (root / "_build" / "failed" / "book" / "02_flaky.ipynb").is_file()
+    (root / pipeline.STAGE / "book" / "fixed").touch()
+    third = wmbook(root, "all", "--profile", "ci")
+    assert third.returncode == 0, third.stdout + third.stderr
+    assert "run      02_flaky" in third.stdout and re.search(r"02_flaky +ok", third.stdout)
+    assert not (root / "_build" / "failed" / "book" / "02_flaky.ipynb").exists()
+    assert pipeline.error_reports(root, pipeline.chapters(root)) == []
+    assert "This chapter failed" not in (root / "_build" / "html" / "book" / "02_flaky.html").read_text()
 
 
 def test_the_cache_reruns_a_chapter_when_an_input_changes(tmp_path):

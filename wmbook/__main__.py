@@ -55,11 +55,21 @@ def _parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="list the chapters in _toc.yml")
-    for name, text in (("run", "execute chapters with papermill into _build/stage"),
-                       ("validate", "re-execute the executed chapters with nbval"),
-                       ("build", "build the HTML book from the validated chapters"),
-                       ("all", "run and validate (skipping unchanged chapters), then build")):
-        sub = commands.add_parser(name, help=text)
+    for name, text, failures in (
+            ("run", "execute chapters with papermill into _build/stage",
+             "A chapter that fails does not stop the others; its partial output stays in "
+             "_build/stage, and the exit status is 1."),
+            ("validate", "re-execute the executed chapters with nbval", ""),
+            ("build", "build the HTML book from the validated chapters",
+             "A chapter that failed in `all` is rendered as its error report, and the exit status "
+             "is 1."),
+            ("all", "run and validate (skipping unchanged chapters), then build",
+             "A chapter that fails to execute or to validate does not stop the others: its page "
+             "shows its error report, what it executed is kept in _build/failed, a summary of "
+             "every chapter follows the build, and the exit status is 1. The next `all` runs the "
+             "chapter again.")):
+        sub = commands.add_parser(name, help=text,
+                                  description=f"{text[0].upper()}{text[1:]}. {failures}".rstrip())
         if name in ("run", "validate", "all"):
             sub.add_argument("-c", "--chapters", nargs="+", metavar="CHAPTER",
                              help="chapter names or numbers (default: every chapter in _toc.yml)")
@@ -102,11 +112,20 @@ def main(argv: list[str] | None = None) -> int:
             pipeline.run(root, selected, args.profile, args.seed, args.device, args.verbose)
         if args.command == "validate":
             pipeline.validate(root, selected)
-        if args.command == "all":
-            pipeline.run_and_validate(root, selected, args.profile, args.seed, args.device,
-                                      args.verbose, args.force)
-        if args.command in ("build", "all"):
+        if args.command == "build":
             pipeline.build(root)
+        if args.command == "all":
+            runs = pipeline.run_and_validate(root, selected, args.profile, args.seed, args.device,
+                                             args.verbose, args.force)
+            try:
+                pipeline.build(root)
+            finally:
+                print(pipeline.summary(runs))
+        failed = pipeline.error_reports(root, available) if args.command in ("build", "all") else []
+        if failed:
+            print(f"error: the book shows error reports in place of {', '.join(failed)}, which "
+                  f"failed (see {pipeline.RUN_REPORT} in {pipeline.STAGE})", file=sys.stderr)
+            return 1
     except pipeline.PipelineError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

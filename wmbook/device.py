@@ -194,7 +194,13 @@ def cpu_model() -> str:
 
 
 def environment_stamp(device: torch.device | str) -> dict[str, str]:
-    """What produced a result: device, library versions and threads, as a flat dict."""
+    """What produced a result, as a flat dict of strings: device, library versions, threads,
+    the CPU's model and the instruction set torch's CPU kernels use.
+
+    ``"cpu capability"`` is :func:`torch.backends.cpu.get_cpu_capability`, e.g. ``"AVX2"`` or
+    ``"AVX512"``: torch picks its vectorised CPU kernels by it, so two machines that differ
+    there may give slightly different numbers for the same seed.
+    """
     import gymnasium
 
     device = torch.device(device)
@@ -206,6 +212,7 @@ def environment_stamp(device: torch.device | str) -> dict[str, str]:
         "numpy": np.__version__,
         "torch threads": str(torch.get_num_threads()),
         "cpu": cpu_model(),
+        "cpu capability": torch.backends.cpu.get_cpu_capability(),
         "cpu cores": str(os.cpu_count()),
         "platform": f"{platform.system()} {platform.machine()}",
     }

@@ -19,6 +19,9 @@ values in the chapter's ``<chapter>.results.json`` (Python's format syntax), so 
 the landing page comes from the run that made the book. Both files are read from the executed
 copies beside the page, in the staged book that Jupyter Book renders. A missing notebook,
 figure, results file or value is a build error that names it.
+
+A chapter whose last run failed has an error report in place of its executed copy (see
+:mod:`wmbook.error_report`); its card says so and links to the report, with no figure or headline.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from docutils import nodes
 from docutils.parsers.rst import directives
 from docutils.statemachine import StringList
 from sphinx.util.docutils import SphinxDirective
+
+from wmbook.error_report import is_report
 
 FULL_PROFILE = "full"
 
@@ -91,15 +96,11 @@ class ChapterCard(SphinxDirective):
         if not self.content:
             raise self.error(f"chapter-card {chapter}: say what the chapter teaches in its body")
         here = Path(self.env.doc2path(self.env.docname)).parent
-        notebook_path, results_path = here / f"{chapter}.ipynb", here / f"{chapter}.results.json"
-        for path in (notebook_path, results_path):
-            if not path.is_file():
-                raise self.error(f"chapter-card {chapter}: {path.name} is not in the built book "
-                                 "(is the chapter executed and listed in _toc.yml?)")
-            self.env.note_dependency(str(path))
+        notebook = json.loads(self.read(chapter, here / f"{chapter}.ipynb"))
+        if is_report(notebook):
+            return self.failed_card(chapter, notebook)
         try:
-            notebook = json.loads(notebook_path.read_text())
-            results = json.loads(results_path.read_text())
+            results = json.loads(self.read(chapter, here / f"{chapter}.results.json"))
             png = chapter_figure(notebook, self.options["figure"], chapter)
             title = chapter_title(notebook, chapter)
             text = headline(self.options["headline"], results, chapter)
@@ -123,6 +124,34 @@ class ChapterCard(SphinxDirective):
             "",
             f"*Time:* {self.options['time']} to execute on a 2-core CPU (profile `{FULL_PROFILE}`).",
         ]
+        return self.card(chapter, markdown)
+
+    def read(self, chapter: str, path: Path) -> str:
+        """The text of a file the card is built from; the page is rebuilt when it changes."""
+        if not path.is_file():
+            raise self.error(f"chapter-card {chapter}: {path.name} is not in the built book "
+                             "(is the chapter executed and listed in _toc.yml?)")
+        self.env.note_dependency(str(path))
+        return path.read_text()
+
+    def failed_card(self, chapter: str, report: dict) -> list[nodes.Node]:
+        """The card of a chapter whose page is an error report: its title, what it teaches, and
+        that it failed; no figure, headline or time."""
+        try:
+            title = chapter_title(report, chapter)
+        except LandingError as error:
+            raise self.error(str(error)) from None
+        markdown = [
+            f"**{{doc}}`{title} <{chapter}>`**",
+            "",
+            *self.content,
+            "",
+            "*This chapter failed when it was last run:* its page shows the error report.",
+        ]
+        return self.card(chapter, markdown)
+
+    def card(self, chapter: str, markdown: list[str]) -> list[nodes.Node]:
+        """``markdown`` parsed into the chapter's card container."""
         card = nodes.container(classes=["chapter-card"], ids=[f"card-{chapter.replace('_', '-')}"])
         self.state.nested_parse(StringList(markdown), self.content_offset, card)
         return [card]

@@ -13,6 +13,12 @@ source, the package's source, the profile, the seed, the device and the locked v
 changed since it was last executed and validated: the execution cache is a small record of a hash
 of those inputs (``_build/stage/.cache.json``), simpler to reason about than jupyter-cache, which
 caches per notebook source only and knows nothing of the package the chapters import.
+
+A chapter that fails in ``all``, to execute or to validate, does not stop the others: its
+executed copy moves to ``_build/failed`` and an error report (:mod:`wmbook.error_report`) takes
+its place in the staging tree, ``run_report.json`` records the failure, and ``build`` renders the
+report as the chapter's page. A failed chapter never enters the execution cache, so the next
+``all`` executes it again.
 """
 
 from __future__ import annotations
@@ -31,10 +37,12 @@ from pathlib import Path
 
 import yaml
 
-from wmbook import assets
+from wmbook import assets, error_report
 from wmbook.checkpoint import atomic_write, write_json
 
 STAGE = Path("_build") / "stage"
+FAILED = Path("_build") / "failed"  # executed copies of the chapters that failed in `all`
+RUN_REPORT = "run_report.json"
 VALIDATED = ".validated.json"
 CACHE = ".cache.json"
 SANITIZE_FILE = Path(__file__).with_name("nbval_sanitize.cfg")
@@ -46,6 +54,14 @@ STATIC_PATTERNS = ("*.md", "*.bib", "*.png", "*.jpg", "*.svg")
 
 class PipelineError(RuntimeError):
     """A pipeline step failed; the message says which chapter or step, and why."""
+
+
+class ValidationError(PipelineError):
+    """nbval did not reproduce a chapter's outputs; ``report`` is nbval's output, in full."""
+
+    def __init__(self, message: str, report: str):
+        super().__init__(message)
+        self.report = report
 
 
 @dataclass(frozen=True)
@@ -159,6 +175,9 @@ def _environment(env: dict[str, str]):
 
 @dataclass
 class ChapterRun:
+    """One chapter's turn in a run: ``seconds`` its execution took, ``ok`` whether it executed
+    (and, in ``all``, validated), ``error`` a failure's one-line account."""
+
     chapter: str
     profile: str
     seconds: float
@@ -210,12 +229,16 @@ def hide_injected_parameters(path: Path) -> None:
 
 def run_chapter(root: Path, chapter: Chapter, stage: Path, profile: str, seed: int, device: str,
                 verbose: bool = False) -> ChapterRun:
-    """Execute one chapter with papermill into ``stage``; a failure names the cell that failed."""
+    """Execute one chapter with papermill into ``stage``; a failure names the cell that failed.
+
+    The executed copy, partial if the chapter failed, replaces the one an earlier run left.
+    """
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
     output = stage / chapter.source
     output.parent.mkdir(parents=True, exist_ok=True)
+    output.unlink(missing_ok=True)  # a failure before papermill writes must not leave an old copy
     started = time.perf_counter()
     try:
         with _environment(kernel_environment()):
@@ -230,7 +253,11 @@ def run_chapter(root: Path, chapter: Chapter, stage: Path, profile: str, seed: i
         first_line = next((line for line in error.source.splitlines() if line.strip()), "")
         message = (f"chapter {chapter.name} failed in cell {error.cell_index} (execution count "
                    f"{error.exec_count}, starting `{first_line.strip()}`): {error.ename}: "
-                   f"{error.evalue}\n  partial output kept at {output}")
+                   f"{' '.join(error.evalue.split())}")
+        return ChapterRun(chapter.name, profile, time.perf_counter() - started, False, message)
+    except Exception as error:  # outside any cell: the kernel died, or papermill could not start it
+        message = (f"chapter {chapter.name} failed outside a cell: {type(error).__name__}: "
+                   f"{' '.join(str(error).split())}")
         return ChapterRun(chapter.name, profile, time.perf_counter() - started, False, message)
     hide_injected_parameters(output)
     return ChapterRun(chapter.name, profile, time.perf_counter() - started, True)
@@ -241,7 +268,8 @@ def _read_record(path: Path) -> dict:
 
 
 def _report(stage: Path, runs: list[ChapterRun]) -> None:
-    report = stage / "run_report.json"
+    """Record ``runs`` in ``run_report.json``, beside the entries of chapters not run now."""
+    report = stage / RUN_REPORT
     previous = _read_record(report)
     for r in runs:
         entry = dict(vars(r))
@@ -288,10 +316,21 @@ def is_cached(root: Path, chapter: Chapter, key: str) -> bool:
 
 
 def _remember(root: Path, chapter: Chapter, key: str) -> None:
+    """Enter an executed and validated chapter in the cache."""
     path = root / STAGE / CACHE
     record = _read_record(path)
     record[str(chapter.source)] = {"key": key, "digest": _digest(root / STAGE / chapter.source)}
     write_json(path, record)
+    (root / FAILED / chapter.source).unlink(missing_ok=True)  # an earlier failure's copy
+
+
+def _forget(root: Path, chapter: Chapter) -> None:
+    """Drop a chapter from the cache and from the record of validated copies."""
+    for name in (CACHE, VALIDATED):
+        path = root / STAGE / name
+        record = _read_record(path)
+        if record.pop(str(chapter.source), None) is not None:
+            write_json(path, record)
 
 
 # -- run, validate, build -----------------------------------------------------------------------
@@ -299,7 +338,8 @@ def _remember(root: Path, chapter: Chapter, key: str) -> None:
 
 def run(root: Path, selected: list[Chapter], profile: str, seed: int, device: str,
         verbose: bool = False, log=print) -> list[ChapterRun]:
-    """Stage the book and execute ``selected`` chapters; raise if any failed."""
+    """Stage the book and execute ``selected`` chapters; raise, once every chapter has run, if
+    any failed (a failed chapter's partial output stays in the staging tree)."""
     stage = root / STAGE
     stage_static(root, stage)
     runs = []
@@ -309,7 +349,8 @@ def run(root: Path, selected: list[Chapter], profile: str, seed: int, device: st
         runs.append(result)
         log(f"         {'ok' if result.ok else 'FAILED'} in {result.seconds:.1f} s")
     _report(stage, runs)
-    failures = [r.error for r in runs if not r.ok]
+    failures = [f"{r.error}\n  partial output kept at {stage / c.source}" if (stage / c.source).is_file()
+                else f"{r.error}\n  no output was written" for c, r in zip(selected, runs) if not r.ok]
     if failures:
         raise PipelineError("\n".join(failures))
     return runs
@@ -328,11 +369,14 @@ class _Validation:
         notebook = stage / chapter.source
         if not notebook.is_file():
             raise PipelineError(f"not executed yet (run `python -m wmbook run` first): {notebook}")
+        if error_report.is_report(json.loads(notebook.read_text())):
+            raise PipelineError(f"{chapter.name} failed when last run, and its staged copy is its error "
+                                f"report: run it again first (`python -m wmbook run -c {chapter.name}`)")
         self.log_path = stage / chapter.source.with_suffix(".nbval.log")
         command = [sys.executable, "-m", "pytest", "--nbval", "--nbval-current-env",
                    "--nbval-sanitize-with", str(SANITIZE_FILE), "-p", "wmbook.nbval_figures",
                    "-p", "no:cacheprovider", "-o", "addopts=", "--rootdir", str(stage), "-q",
-                   str(notebook)]
+                   "--color=no", str(notebook)]
         self.digest = _digest(notebook)  # what is being validated
         self.started = time.perf_counter()
         self._log = open(self.log_path, "w")
@@ -340,7 +384,7 @@ class _Validation:
                                         stdout=self._log, stderr=subprocess.STDOUT)
 
     def finish(self, log=print) -> float:
-        """Wait for nbval; record the validated copy, or raise with nbval's report."""
+        """Wait for nbval; record the validated copy, or raise :class:`ValidationError`."""
         code = self.process.wait()
         self._log.close()
         report = self.log_path.read_text()
@@ -349,8 +393,8 @@ class _Validation:
         seconds = float(durations[-1]) if durations else time.perf_counter() - self.started
         name = self.chapter.name
         if code != 0:
-            raise PipelineError(f"nbval: {name} did not reproduce its outputs (full report in "
-                                f"{self.log_path}):\n{report[-6000:]}")
+            raise ValidationError(f"nbval: {name} did not reproduce its outputs (full report in "
+                                  f"{self.log_path}):\n{report[-6000:]}", report)
         path = self.root / STAGE / VALIDATED
         record = _read_record(path)
         record[str(self.chapter.source)] = self.digest
@@ -367,16 +411,68 @@ def validate(root: Path, selected: list[Chapter], log=print) -> None:
         _Validation(root, chapter).finish(log)
 
 
+def keep_failure(root: Path, chapter: Chapter, profile: str, seed: int, error: str = "",
+                 nbval_report: str | None = None) -> error_report.Failure:
+    """Put an error report in place of a chapter that failed, and keep what it produced.
+
+    The executed copy (partial after a failed execution, whole after a failed validation) moves
+    to ``_build/failed/<source>``; the report (:func:`wmbook.error_report.report_notebook`)
+    takes its place in the staging tree; the chapter leaves the cache and the record of
+    validated copies, so the next run executes it again. ``error`` is an execution failure's
+    one-line account (from :func:`run_chapter`); ``nbval_report`` is nbval's output after a
+    failed validation.
+    """
+    import nbformat
+
+    stage = root / STAGE
+    executed, kept = stage / chapter.source, root / FAILED / chapter.source
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    notebook = None
+    if executed.is_file():
+        os.replace(executed, kept)
+        notebook = json.loads(kept.read_text())
+    else:
+        kept.unlink(missing_ok=True)  # an earlier failure's copy
+    where = str(kept.relative_to(root)) if notebook is not None else ""
+    if nbval_report is None:
+        failure = error_report.execution_failure(chapter.name, notebook, error, profile, seed, where)
+    else:
+        log_path = (stage / chapter.source.with_suffix(".nbval.log")).relative_to(root)
+        failure = error_report.validation_failure(chapter.name, notebook, nbval_report, profile, seed,
+                                                  where, str(log_path))
+    source = json.loads((root / chapter.source).read_text())
+    with atomic_write(executed, "w") as handle:
+        nbformat.write(error_report.report_notebook(failure, source, notebook), handle)
+    _forget(root, chapter)
+    return failure
+
+
 def run_and_validate(root: Path, selected: list[Chapter], profile: str, seed: int, device: str,
                      verbose: bool = False, force: bool = False, log=print) -> list[ChapterRun]:
     """Execute and validate ``selected``, validating chapter N while chapter N+1 executes.
 
     A chapter whose inputs are unchanged since it was last executed and validated (see
-    :func:`cache_key`) is skipped, unless ``force``.
+    :func:`cache_key`) is skipped, unless ``force``. A chapter that fails to execute or to
+    validate does not stop the others: :func:`keep_failure` puts its error report in its place,
+    and its run is returned with ``ok`` false. Only chapters that executed and validated enter
+    the cache.
     """
     stage = root / STAGE
     stage_static(root, stage)
     runs, pending = [], None
+
+    def settle(validation: _Validation, key: str, result: ChapterRun) -> None:
+        """Wait for a chapter's validation; cache the chapter, or report its failure."""
+        try:
+            validation.finish(log)
+        except ValidationError as error:
+            failure = keep_failure(root, validation.chapter, profile, seed, nbval_report=error.report)
+            result.ok, result.error = False, failure.error
+            log(f"validate {validation.chapter.name}: FAILED, {failure.error} (full report in "
+                f"{validation.log_path})")
+        else:
+            _remember(root, validation.chapter, key)
+
     try:
         for chapter in selected:
             key = cache_key(root, chapter, profile, seed, device)
@@ -389,20 +485,46 @@ def run_and_validate(root: Path, selected: list[Chapter], profile: str, seed: in
             runs.append(result)
             log(f"         {'ok' if result.ok else 'FAILED'} in {result.seconds:.1f} s")
             if not result.ok:
-                raise PipelineError(result.error)
+                log(f"         {result.error}")
+                keep_failure(root, chapter, profile, seed, error=result.error)
+                continue
             if pending is not None:  # at most one validation beside one execution
-                pending[0].finish(log)
-                _remember(root, pending[0].chapter, pending[1])
-            pending = (_Validation(root, chapter), key)
+                settle(*pending)
+            pending = (_Validation(root, chapter), key, result)
         if pending is not None:
-            pending[0].finish(log)
-            _remember(root, pending[0].chapter, pending[1])
+            settle(*pending)
             pending = None
     finally:
         if pending is not None and pending[0].process.poll() is None:
             pending[0].process.kill()
         _report(stage, runs)
     return runs
+
+
+def summary(runs: list[ChapterRun]) -> str:
+    """A table of ``runs``: each chapter ok, cached or FAILED, the seconds its execution took,
+    and a failure's one-line error."""
+    width = max((len(r.chapter) for r in runs), default=0)
+    lines = ["summary:"]
+    for r in runs:
+        state = "cached" if r.cached else "ok" if r.ok else "FAILED"
+        seconds = "" if r.cached else f"{r.seconds:7.1f} s"
+        error = r.error.splitlines()[0] if r.error else ""
+        lines.append(f"  {r.chapter:<{width}}  {state:<6}  {seconds:>9}  {error}".rstrip())
+    if not all(r.ok for r in runs):
+        lines.append(f"  a failed chapter's page shows its error report; what it executed is kept in "
+                     f"{FAILED}/")
+    return "\n".join(lines)
+
+
+def error_reports(root: Path, selected: list[Chapter]) -> list[str]:
+    """The chapters of ``selected`` whose staged page is an error report, written when their
+    last run failed (as ``run_report.json`` records)."""
+    stage = root / STAGE
+    runs = _read_record(stage / RUN_REPORT)
+    return [c.name for c in selected
+            if runs.get(c.name, {}).get("ok") is False and (stage / c.source).is_file()
+            and error_report.is_report(json.loads((stage / c.source).read_text()))]
 
 
 def run_parameters(root: Path, selected: list[Chapter]) -> dict[str, dict]:
@@ -439,12 +561,17 @@ def stage_config(root: Path, stage: Path, commit: str | None) -> None:
 
 
 def build(root: Path, log=print) -> Path:
-    """Render the staged, validated chapters into ``_build/html`` (warnings are errors)."""
+    """Render the staged, validated chapters into ``_build/html`` (warnings are errors).
+
+    A chapter whose last run failed in ``all`` is rendered as its error report (see
+    :func:`error_reports`); any other chapter must be validated in its current form.
+    """
     stage = root / STAGE
     all_chapters = chapters(root)
     record = _read_record(stage / VALIDATED)
-    stale = [c.name for c in all_chapters
-             if not (stage / c.source).is_file() or record.get(str(c.source)) != _digest(stage / c.source)]
+    failed = error_reports(root, all_chapters)
+    stale = [c.name for c in all_chapters if c.name not in failed and (
+             not (stage / c.source).is_file() or record.get(str(c.source)) != _digest(stage / c.source))]
     if stale:
         raise PipelineError(f"not executed and validated in their current form: {', '.join(stale)}; "
                             "run `python -m wmbook run` and `python -m wmbook validate` first")
@@ -459,7 +586,8 @@ def build(root: Path, log=print) -> Path:
     executable = str(jupyter_book) if jupyter_book.exists() else shutil.which("jupyter-book")
     if executable is None:
         raise PipelineError("jupyter-book is not installed: pip install -e '.[book]'")
-    log("build    HTML with Jupyter Book ...")
+    log("build    HTML with Jupyter Book ..."
+        + (f" (error reports in place of {', '.join(failed)})" if failed else ""))
     started = time.perf_counter()
     html = root / "_build" / "html"
     if html.exists():
