@@ -157,3 +157,29 @@ def test_ppo_benchmark_writes_its_table_with_provenance_and_wall_time(tmp_path):
     assert "Wall time: the 4 runs took " in text and "read back" not in text
     with pytest.raises(SystemExit):
         script.main(["--eval-every", "500", "--out", "-"])  # not a multiple of the 8 environments
+
+
+def _row(cpu, seed, stage=None, final=None):
+    row = {"asked": cpu, "cpu_capability": cpu.upper(), "mode": "pretrain", "seed": seed, "theta_r2": 0.99,
+           "end_auc": 0.5 if stage == "M" else 0.98, "p_end": 0.6, "p_live": 0.05, "nll": -40.0,
+           "failed_stage": stage, "seconds": 60.0}
+    if final is not None:
+        row.update(mode="headline", ratio=0.5, final_return=final)
+    return row
+
+
+def test_the_cross_cpu_benchmark_counts_the_seeds_that_passed(tmp_path):
+    script = load_script("vmc_across_cpus")
+    assert script.seed_list("0-2,7") == [0, 1, 2, 7]
+    rows = [_row("avx2", 1), _row("avx2", 2, "M"), _row("avx512", 1), _row("avx512", 2)]
+    text = script.report(rows, "pretrain")
+    assert "avx2: V and M passed on 1 of 2 seeds" in text and "avx512: V and M passed on 2 of 2 seeds" in text
+    assert "| avx2 | AVX2 | 2 | 0.990 | 0.500 | M failed |" in text
+    rows = [_row("avx2", 1, final=500.0), _row("avx2", 2, final=474.9)]
+    assert "reached 475 on 1 of 2" in script.report(rows, "headline")
+    # a row already on disk is read back, not recomputed
+    path = tmp_path / "pretrain_avx2_seed1.json"
+    path.write_text(__import__("json").dumps(rows[0]))
+    assert script.run_in_child("pretrain", "avx2", 1, path) == rows[0]
+    with pytest.raises(SystemExit):
+        script.main(["--cpus", "avx9"])

@@ -100,3 +100,52 @@ def test_snapshot_refuses_a_trainer_that_was_not_pretrained(tmp_path):
     trainer = ch4.WorldModelPPOTrainer(ch4.config_for(chapter, 3, 0.5))
     with pytest.raises(ValueError, match="pretrained"):
         ch4.snapshot(trainer)
+
+
+def _check(theta=0.99, auc=0.95):
+    return ch4.PretrainingCheck(seed=3, theta_r2=theta, end_auc=auc, p_end=0.6, p_live=0.05, nll=-50.0)
+
+
+def test_the_pretraining_check_names_the_first_stage_that_failed():
+    assert _check().failed_stage is None and _check().describe().startswith("V and M passed")
+    assert _check(theta=0.93).failed_stage == "V"
+    assert _check(theta=0.93, auc=0.5).failed_stage == "V"  # V comes first: M learns from its z
+    assert _check(auc=0.55).failed_stage == "M"
+    assert _check(auc=float("nan")).failed_stage == "M"     # no ends in the held-out data: nothing shown
+    assert "0.93 < 0.95" in _check(theta=0.93).describe()
+    assert "end AUC 0.55" in _check(auc=0.55).describe()
+
+
+def _record(final_return, check):
+    run = ch4.RunRecord(3, 0.5, "ratio 0.5", 100, 1000, 1000, [], [], [final_return] * 2, 1.0, 1.0)
+    return ch4.SeedRecord(3, [1.0], [1.0], [1.0], [run], check=check)
+
+
+def test_diagnose_blames_v_m_or_the_controller():
+    assert ch4.diagnose(_record(500.0, _check(theta=0.5)), 0.5).endswith("solved")
+    assert "V failed" in ch4.diagnose(_record(40.0, _check(theta=0.93)), 0.5)
+    assert "M failed" in ch4.diagnose(_record(40.0, _check(auc=0.6)), 0.5)
+    assert "C failed" in ch4.diagnose(_record(300.0, _check()), 0.5)
+    assert "not checked" in ch4.diagnose(_record(300.0, None), 0.5)
+
+
+def test_an_end_head_that_ignores_its_input_fails_the_check_of_m(tmp_path):
+    chapter = _tiny_chapter(tmp_path, workers=1)
+    trainer = ch4.pretrained(chapter, 3)
+    held = ch4.heldout(trainer, 200, ch4.heldout_seed(3))
+    with torch.no_grad():  # the done logit is the head's last output: make it a constant
+        trainer.mdn.head.weight[-1].zero_()
+        trainer.mdn.head.bias[-1] = -2.0
+    check = ch4.check_pretraining(trainer, held)
+    assert check.end_auc == pytest.approx(0.5)
+    assert check.p_end == pytest.approx(check.p_live)
+    assert check.theta_r2 <= 1.0 and np.isfinite(check.nll)
+    assert check.failed_stage in ("V", "M")
+
+
+def test_every_seed_of_the_runs_carries_its_pretraining_check(tmp_path):
+    runs = ch4.ChapterRuns(_tiny_chapter(tmp_path, workers=1), (3,))
+    check = runs.check(3)
+    assert isinstance(check, ch4.PretrainingCheck) and check.seed == 3
+    assert 0.0 <= check.end_auc <= 1.0 and check.theta_r2 <= 1.0
+    assert runs.records(progress=False)[0].check == check

@@ -31,7 +31,7 @@ def test_profiles_are_frozen_and_full_is_the_larger():
     assert len(full.seeds) >= 3 and 2 <= len(ci.seeds) < len(full.seeds)
     assert full.check_headline and not ci.check_headline
     assert full.compare.ppo_steps > ci.compare.ppo_steps and full.compare.offline_steps > ci.compare.offline_steps
-    assert set(full.compare.map_policies) == set(C.MAIN) and full.max_seconds <= 600
+    assert set(full.compare.map_policies) == set(C.MAIN)
 
 
 def test_chapter_config_puts_data_and_checkpoints_under_the_run_folder(tmp_path):

@@ -108,3 +108,35 @@ def test_frames_wider_than_tall():
     assert vae.decode(vae.encode(frames)).shape == (2, 3, 16, 32)
     with pytest.raises(ValueError, match=r"\(B, 3, 16, 32\)"):
         vae.encode(torch.zeros(2, 3, 16, 16))
+
+
+def test_free_bits_leave_a_dimension_below_the_floor_unpushed():
+    torch.manual_seed(0)
+    frames = torch.as_tensor(blobs(8))
+    plain, free = ConvVAE(SMALL), ConvVAE(VAEConfig(**{**SMALL.__dict__, "free_bits": 100.0}))
+    free.load_state_dict(plain.state_dict())
+    out = free(frames, generator=torch.Generator().manual_seed(0))
+    losses = free.loss(frames, out)
+    # the KL is reported as it is; below the floor on every dimension, the loss charges the floor
+    assert torch.isclose(losses.kl, plain.loss(frames, out).kl)
+    assert torch.isclose(losses.loss, losses.reconstruction + 100.0 * SMALL.latent_dim)
+    # so the KL term adds nothing to the gradient: it is the reconstruction's alone
+    with_floor = torch.autograd.grad(losses.loss, free.to_logvar.weight, retain_graph=True)[0]
+    reconstruction_only = torch.autograd.grad(losses.reconstruction, free.to_logvar.weight, retain_graph=True)[0]
+    with_kl = torch.autograd.grad(losses.reconstruction + losses.kl, free.to_logvar.weight)[0]
+    assert torch.equal(with_floor, reconstruction_only) and not torch.allclose(with_kl, reconstruction_only)
+    with pytest.raises(ValueError, match="free_bits"):
+        VAEConfig(free_bits=-1.0)
+
+
+def test_codes_are_standardised_with_the_training_frames_statistics():
+    frames = blobs(128)
+    torch.manual_seed(0)
+    vae = ConvVAE(SMALL)
+    train_vae(vae, frames, epochs=3, batch_size=32, seed=3)
+    z = encode_frames(vae, frames)
+    assert torch.allclose(z.mean(0), torch.zeros(4), atol=1e-4)
+    assert torch.allclose(z.std(0), torch.ones(4), atol=1e-3)
+    # decode() takes the standardised code back to the decoder's scale
+    mu = vae.encode_dist(torch.as_tensor(frames[:5]))[0]
+    assert torch.allclose(vae.decode(z[:5]), torch.sigmoid(vae.decode_logits(mu)), atol=1e-5)

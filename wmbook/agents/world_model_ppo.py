@@ -79,6 +79,7 @@ class VAESection:
     channels: tuple[int, ...] = (32, 64, 128, 256)
     batch_size: int = 64
     contrast_weight: float = 1.0  # > 1: pixels far from the mean frame (the pole) weigh more
+    free_bits: float = 0.0  # KL nats per latent dimension left unpenalised (> 0 guards against collapse)
 
 
 @dataclass(frozen=True)
@@ -431,7 +432,8 @@ class WorldModelPPOTrainer:
         self.vae = ConvVAE(VAEConfig(latent_dim=wm.vae.latent_dim, hidden_dims=wm.vae.hidden_dims,
                                      beta=wm.vae.beta, learning_rate=wm.vae.learning_rate,
                                      image_size=c.env.frame_size, channels=wm.vae.channels,
-                                     contrast_weight=wm.vae.contrast_weight)).to(self.device)
+                                     contrast_weight=wm.vae.contrast_weight,
+                                     free_bits=wm.vae.free_bits)).to(self.device)
         self.mdn = MDNRNN(MDNRNNConfig(latent_dim=wm.vae.latent_dim, action_dim=int(space.n),
                                        hidden_dim=wm.mdn_rnn.hidden_dim, num_mixtures=wm.mdn_rnn.num_mixtures,
                                        temperature=wm.mdn_rnn.temperature, learning_rate=wm.mdn_rnn.learning_rate,

@@ -65,7 +65,6 @@ class SurgicalChapter:
     explorer_horizon: int              # seconds the explorer plays each policy for
     check_headline: bool
     workers: int = 2                   # processes: this one and workers - 1 for the other seeds
-    max_seconds: float = 600.0         # the full profile's time budget, asserted
     bootstrap_reps: int = 2_000
 
 

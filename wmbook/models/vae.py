@@ -27,8 +27,21 @@ most three pixels, so a VAE can reconstruct all but a few pixels of a frame whil
 angle altogether (measured: a linear read-out of the angle from ``z`` explained none of its
 variance). ``contrast_weight`` > 1 multiplies the loss of each pixel by ``1 + (w - 1) * c``,
 where ``c`` in [0, 1] is how far the frame's pixel lies from the training set's mean frame, so
-the few pixels that tell one lean from another weigh as much as the background. For inference :meth:`ConvVAE.encode` returns the mean: the same frame always gives
-the same ``z``.
+the few pixels that tell one lean from another weigh as much as the background.
+
+Posterior collapse in part. On some seeds, and on some CPUs' rounding of the same seed, the KL
+term wins early in training: the code's means shrink to a few ten-thousandths while the
+posterior's spread stays near 1, and the KL falls below a nat. The means still vary with the
+frame (a linear read-out of the pole's angle from them can still reach R^2 0.99, whatever their
+scale), but anything that reads them as numbers of ordinary size sees constants. Two guards:
+
+- ``free_bits`` (Kingma et al., 2016, as in DreamerV3): the KL of each dimension, averaged over
+  the batch, is charged no less than ``free_bits`` nats, so pushing a dimension below that gains
+  nothing and the reconstruction is free to use it;
+- :meth:`ConvVAE.encode` returns the mean of q(z|x) *standardised* per dimension with the
+  statistics of the frames V was trained on (:func:`train_vae` sets them; :meth:`ConvVAE.decode`
+  takes such codes), so M and C see unit-scale inputs whatever scale V settled on. The same
+  frame always gives the same ``z``.
 """
 
 from __future__ import annotations
@@ -66,6 +79,8 @@ class VAEConfig:
     likelihood: str = "bernoulli"  # or "gaussian": summed squared error
     # weight of a pixel that differs fully from the training set's mean frame (1: all equal)
     contrast_weight: float = 1.0
+    # nats per latent dimension (batch mean) that the KL term does not penalise (0: none)
+    free_bits: float = 0.0
 
 
     def __post_init__(self) -> None:
@@ -77,6 +92,8 @@ class VAEConfig:
             raise ValueError(f"channels must be a non-empty list of positive integers, got {self.channels}")
         if any(h < 1 for h in self.hidden_dims):
             raise ValueError(f"hidden_dims must be positive integers, got {self.hidden_dims}")
+        if not (self.free_bits >= 0 and math.isfinite(self.free_bits)):
+            raise ValueError(f"free_bits must be a finite number >= 0, got {self.free_bits}")
         if not self.contrast_weight >= 1.0:
             raise ValueError(f"contrast_weight must be >= 1, got {self.contrast_weight}")
         if self.likelihood not in LIKELIHOODS:
@@ -142,6 +159,10 @@ class ConvVAE(nn.Module):
         self.decoder = nn.Sequential(*deconvs[:-1])  # logits of the pixel intensities
         # the training set's mean frame (C, H, W) in [0, 1], for contrast weighting
         self.register_buffer("mean_frame", torch.zeros(c.in_channels, c.image_size, c.width))
+        # mean and standard deviation (latent_dim,) of the training frames' codes, set by train_vae:
+        # encode() returns codes standardised with them and decode() takes such codes
+        self.register_buffer("latent_mean", torch.zeros(c.latent_dim))
+        self.register_buffer("latent_std", torch.ones(c.latent_dim))
 
     # -- shapes and scaling ---------------------------------------------------------------
 
@@ -165,8 +186,10 @@ class ConvVAE(nn.Module):
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Deterministic encoding for inference: the mean of q(z|x), ``(B, latent_dim)``."""
-        return self.encode_dist(x)[0]
+        """Deterministic encoding for inference, ``(B, latent_dim)``: the mean of q(z|x),
+        standardised per dimension with the training frames' statistics (see :func:`train_vae`),
+        so that what reads the code (M, C) sees unit-scale numbers whatever scale V settled on."""
+        return (self.encode_dist(x)[0] - self.latent_mean) / self.latent_std
 
     def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, C, H, W)`` of the pixel intensities for latents ``(B, latent_dim)``."""
@@ -175,8 +198,9 @@ class ConvVAE(nn.Module):
         return self.decoder(self.from_z(z).view(-1, self.config.channels[-1], *self.conv_shape))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Frames ``(B, C, H, W)`` with intensities in [0, 1] for latents ``(B, latent_dim)``."""
-        return torch.sigmoid(self.decode_logits(z))
+        """Frames ``(B, C, H, W)`` with intensities in [0, 1] for standardised codes ``(B, latent_dim)``,
+        as :meth:`encode` gives them."""
+        return torch.sigmoid(self.decode_logits(z * self.latent_std + self.latent_mean))
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> VAEOutput:
         """Encode, sample ``z = mu + sigma * eps`` (reparameterised), decode."""
@@ -198,8 +222,13 @@ class ConvVAE(nn.Module):
             contrast = (target - self.mean_frame).abs().amax(dim=1, keepdim=True)
             per_pixel = per_pixel * (1.0 + (self.config.contrast_weight - 1.0) * contrast)
         reconstruction = per_pixel.flatten(1).sum(1).mean()
-        kl = (-0.5 * (1 + output.logvar - output.mu.pow(2) - output.logvar.exp())).sum(1).mean()
-        return VAELoss(reconstruction + self.config.beta * kl, reconstruction, kl)
+        per_dim = -0.5 * (1 + output.logvar - output.mu.pow(2) - output.logvar.exp())  # (B, latent_dim)
+        kl = per_dim.sum(1).mean()
+        if self.config.free_bits == 0.0:
+            return VAELoss(reconstruction + self.config.beta * kl, reconstruction, kl)
+        # free bits: a dimension whose mean KL is below free_bits is not pushed further down
+        penalised = per_dim.mean(0).clamp_min(self.config.free_bits).sum()
+        return VAELoss(reconstruction + self.config.beta * penalised, reconstruction, kl)
 
 
 @dataclass
@@ -250,6 +279,10 @@ def train_vae(vae: ConvVAE, frames: np.ndarray | torch.Tensor, epochs: int, batc
         history.reconstruction.append(sums[0] / count)
         history.kl.append(sums[1] / count)
     vae.eval()
+    with torch.no_grad():  # the codes' scale, for encode() and decode()
+        mu = torch.cat([vae.encode_dist(frames[i:i + 512].to(device))[0] for i in range(0, len(frames), 512)])
+        vae.latent_mean.copy_(mu.mean(0))
+        vae.latent_std.copy_(mu.std(0).clamp_min(1e-6) if len(mu) > 1 else torch.ones_like(mu[0]))
     return history
 
 
