@@ -13,8 +13,8 @@ script runs, in a fresh process with that variable set (one thread each, ``--wor
   and its mean greedy return over the chapter's 20 evaluation episodes.
 
 Each seed's outcome is one JSON line in ``--out`` (default ``benchmarks/runs/vmc_across_cpus``),
-named by mode, instruction set and seed; a rerun reads back what is there and computes only what
-is missing. The report counts, per instruction set, the seeds whose V and M passed their checks
+named by mode, instruction set and seed, with a fingerprint of the chapter's settings; a rerun
+reads back what is there for the same settings and computes only what is missing. The report counts, per instruction set, the seeds whose V and M passed their checks
 and, in ``headline`` mode, those whose controller reached 475::
 
     python benchmarks/vmc_across_cpus.py --seeds 200-209 --cpus avx2,avx512             # pretraining
@@ -48,6 +48,20 @@ def seed_list(text: str) -> list[int]:
     return seeds
 
 
+def settings_key() -> str:
+    """A fingerprint of what a row depends on: Chapter 4's ``full`` profile (its trainer, held-out
+    steps and headline ratio)."""
+    import dataclasses
+    import hashlib
+
+    import wmbook.chapters.ch04_vision_memory_controller as ch4
+
+    chapter = ch4.PROFILES["full"]
+    settings = {"trainer": dataclasses.asdict(chapter.trainer), "heldout_steps": chapter.heldout_steps,
+                "headline_ratio": chapter.headline_ratio}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def one_seed(mode: str, seed: int) -> dict:
     """Pretrain ``seed`` under Chapter 4's full profile, check V and M, and in ``headline`` mode
     train and evaluate the controller at the headline ratio (runs in the child process)."""
@@ -70,10 +84,13 @@ def one_seed(mode: str, seed: int) -> dict:
     return row
 
 
-def run_in_child(mode: str, cpu: str, seed: int, path: Path) -> dict:
-    """``one_seed`` in a fresh process under ``ATEN_CPU_CAPABILITY=cpu``; its row is written to ``path``."""
+def run_in_child(mode: str, cpu: str, seed: int, path: Path, key: str) -> dict:
+    """``one_seed`` in a fresh process under ``ATEN_CPU_CAPABILITY=cpu``; its row is written to
+    ``path``, where a row of the same settings ``key`` is read back instead."""
     if path.is_file():
-        return json.loads(path.read_text())
+        row = json.loads(path.read_text())
+        if row.get("settings") == key:
+            return row
     env = {**os.environ, "ATEN_CPU_CAPABILITY": cpu, "OMP_NUM_THREADS": "1"}
     if cpu != "avx512":
         env["ONEDNN_MAX_CPU_ISA"] = "AVX2" if cpu == "avx2" else "SSE41"
@@ -82,7 +99,7 @@ def run_in_child(mode: str, cpu: str, seed: int, path: Path) -> dict:
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{mode} seed {seed} under {cpu} failed:\n{done.stderr[-3000:]}")
-    row = {"asked": cpu, **json.loads(done.stdout.strip().splitlines()[-1])}
+    row = {"asked": cpu, "settings": key, **json.loads(done.stdout.strip().splitlines()[-1])}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(row) + "\n")
@@ -126,8 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown instruction set {', '.join(unknown)} (choose from {', '.join(CPUS)})")
     jobs = [(cpu, seed, args.out / f"{args.mode}_{cpu}_seed{seed}.json") for cpu in cpus for seed in args.seeds]
+    key = settings_key()
     with ThreadPoolExecutor(args.workers) as pool:
-        rows = list(pool.map(lambda job: run_in_child(args.mode, *job), jobs))
+        rows = list(pool.map(lambda job: run_in_child(args.mode, *job, key), jobs))
     print(report(rows, args.mode))
     return 0
 

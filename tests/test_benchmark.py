@@ -177,9 +177,10 @@ def test_the_cross_cpu_benchmark_counts_the_seeds_that_passed(tmp_path):
     assert "| avx2 | AVX2 | 2 | 0.990 | 0.500 | M failed |" in text
     rows = [_row("avx2", 1, final=500.0), _row("avx2", 2, final=474.9)]
     assert "reached 475 on 1 of 2" in script.report(rows, "headline")
-    # a row already on disk is read back, not recomputed
+    # a row already on disk for the same settings is read back, not recomputed
     path = tmp_path / "pretrain_avx2_seed1.json"
-    path.write_text(__import__("json").dumps(rows[0]))
-    assert script.run_in_child("pretrain", "avx2", 1, path) == rows[0]
+    kept = {**rows[0], "settings": script.settings_key()}
+    path.write_text(__import__("json").dumps(kept))
+    assert script.run_in_child("pretrain", "avx2", 1, path, script.settings_key()) == kept
     with pytest.raises(SystemExit):
         script.main(["--cpus", "avx9"])
