@@ -641,15 +641,26 @@ class PretrainingCheck:
             return "M"
         return None
 
+    @property
+    def _v(self) -> str:
+        return f"pole angle R^2 from z {self.theta_r2:.2f}"
+
+    @property
+    def _m(self) -> str:
+        return f"M's end AUC {self.end_auc:.2f} (end probability {self.p_end:.2f} at ends, {self.p_live:.2f} elsewhere)"
+
+    def measured(self) -> str:
+        """The two measurements, in one line."""
+        return f"{self._v}, {self._m}"
+
     def describe(self) -> str:
         """One line naming what failed and by how much, or saying that both checks passed."""
-        v = f"pole angle R^2 from z {self.theta_r2:.2f}"
-        m = f"M's end AUC {self.end_auc:.2f} (end probability {self.p_end:.2f} at ends, {self.p_live:.2f} elsewhere)"
+        v, m = self._v, self._m
         if self.failed_stage == "V":
             return f"V failed: {v} < {MIN_THETA_R2}; {m}"
         if self.failed_stage == "M":
             return f"M failed: {m}, AUC < {MIN_END_AUC}; {v}"
-        return f"V and M passed: {v}, {m}"
+        return f"V and M passed: {self.measured()}"
 
 
 def check_pretraining(trainer: WorldModelPPOTrainer, held: Heldout) -> PretrainingCheck:
@@ -678,7 +689,7 @@ def diagnose(record: SeedRecord, ratio: float) -> str:
         return f"{head}; V and M were not checked"
     if record.check.failed_stage is not None:
         return f"{head}; pretraining: {record.check.describe()}"
-    return f"{head}; C failed: V and M passed their checks ({record.check.describe()[len('V and M passed: '):]}), " \
+    return f"{head}; C failed: V and M passed their checks ({record.check.measured()}), " \
            f"the controller did not reach {SOLVED:g}"
 
 
