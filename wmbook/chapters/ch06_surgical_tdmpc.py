@@ -628,9 +628,6 @@ def plot_outlook(outlooks: Mapping[str, Outlook], title: str = ""):
 
 # -- sentences built from the numbers ---------------------------------------------------------------
 
-# The full profile's headline as measured (the checks assert that a rerun finds the same).
-EXPECTED = {"target_reached": False, "rankings_disagree": False}
-
 
 def difference_text(value: float, reference: float, what: str, digits: int = 1) -> str:
     """``"the true return rose from -20.0 to -12.5"`` (or fell, or stayed): ``what`` going
