@@ -37,16 +37,16 @@ import argparse
 import dataclasses
 import datetime
 import importlib.metadata
-import multiprocessing
 import os
 import platform
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
+from wmbook.runner import run_jobs
 from wmbook.stats import (REPS, Interval, Summary, aggregate, improvement_sentence,
                           probability_of_improvement, steps_to_solve, summary_table)
 
@@ -213,11 +213,19 @@ def load_outcome(path: Path) -> Outcome:
         raise SystemExit(f"{path}: not a run outcome of this benchmark ({error}); delete it to rerun") from None
 
 
-def run_jobs(jobs: list[tuple], workers: int, echo: bool = True, cache: Path | None = None) -> list[Outcome]:
-    """Run ``jobs`` ``workers`` at a time (in this process when 1) and return their outcomes in
-    the order given. With ``cache``, each outcome is written there (atomically) as soon as its
-    run ends, and a job whose outcome is already there is not run again: an interrupted
-    benchmark resumes where it stopped, losing only the runs in flight."""
+def _run_and_keep(args: tuple, cache: Path | None) -> Outcome:
+    """One job; with ``cache``, its outcome written there (atomically) as soon as it ends."""
+    outcome = job(args)
+    if cache is not None:
+        save_outcome(job_file(cache, args), outcome)
+    return outcome
+
+
+def run_cached(jobs: list[tuple], workers: int, echo: bool = True, cache: Path | None = None) -> list[Outcome]:
+    """Run ``jobs`` with the book's job runner, ``workers`` at a time (in this process when 1),
+    and return their outcomes in the order given. With ``cache``, each outcome is written there
+    as soon as its run ends, and a job whose outcome is already there is not run again: an
+    interrupted benchmark resumes where it stopped, losing only the runs in flight."""
     outcomes: dict[int, Outcome] = {}
     todo = []
     for index, args in enumerate(jobs):
@@ -227,24 +235,13 @@ def run_jobs(jobs: list[tuple], workers: int, echo: bool = True, cache: Path | N
             todo.append(index)
     if echo and cache is not None and outcomes:
         print(f"{len(outcomes)} of {len(jobs)} runs read from {cache}", flush=True)
-
-    def finished(index: int, outcome: Outcome) -> None:
-        if cache is not None:
-            save_outcome(job_file(cache, jobs[index]), outcome)
+    done = run_jobs(partial(_run_and_keep, cache=cache), [jobs[i] for i in todo], workers, progress=echo)
+    for index, outcome in zip(todo, done):
         if echo:
             solved = f"{outcome.solved_at:,}" if outcome.solved_at else "not solved"
             print(f"{outcome.method:>44} seed {outcome.seed}: {solved}, final return "
                   f"{outcome.final_return:.0f} ({outcome.seconds:.0f} s)", flush=True)
         outcomes[index] = outcome
-
-    if workers > 1 and len(todo) > 1:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(job, jobs[index]): index for index in todo}
-            for future in as_completed(futures):
-                finished(futures[future], future.result())
-    else:
-        for index in todo:
-            finished(index, job(jobs[index]))
     return [outcomes[index] for index in range(len(jobs))]
 
 
@@ -255,7 +252,7 @@ def choose_k(candidates: list[int], seeds: list[int], budget: int, eval_every: i
     from wmbook.chapters.ch03_dyna_dqn import RunRecord, RunSpec, choose_k as chapter_choose_k
 
     jobs = [("wmbook", f"tuning K={k}", s, k, 1, budget, eval_every) for k in candidates for s in seeds]
-    outcomes = run_jobs(jobs, workers, cache=cache)
+    outcomes = run_cached(jobs, workers, cache=cache)
     records = [RunRecord(RunSpec(o.method, o.seed, imagined_updates=int(o.method.split("=")[1])),
                          o.eval_steps, o.eval_returns, o.solved_at, 0, 0, o.seconds)
                for o in outcomes]
@@ -425,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     names = Methods(k)
     jobs = jobs_for(seeds, k, args.budget, args.eval_every)
     kept = 0 if cache is None else sum(job_file(cache, j).is_file() for j in jobs)
-    outcomes = run_jobs(jobs, args.workers, cache=cache)
+    outcomes = run_cached(jobs, args.workers, cache=cache)
     outcomes.sort(key=lambda o: (names.all().index(o.method), o.seed))
     parts.append(per_seed_table(outcomes, names.all(), args.budget))
     if len(seeds) >= 2:

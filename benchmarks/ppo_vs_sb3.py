@@ -25,13 +25,10 @@ rl-baselines3-zoo's ``hyperparams/ppo.yml`` entry for CartPole-v1 (typed in here
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import multiprocessing
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +36,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dyna_vs_sb3 import provenance, wall_time_line, write_report  # noqa: E402
 
+from wmbook.runner import run_jobs  # noqa: E402
 from wmbook.stats import REPS, aggregate, probability_of_improvement, steps_to_solve, summary_table  # noqa: E402
 
 # rl-baselines3-zoo, hyperparams/ppo.yml, CartPole-v1
@@ -180,19 +178,11 @@ def main(argv: list[str] | None = None) -> int:
         jobs += [("wmbook", methods[0], seed, args.budget, args.eval_every),
                  ("sb3", methods[1], seed, args.budget, args.eval_every)]
     started = time.perf_counter()
-    with contextlib.ExitStack() as stack:
-        if args.workers > 1:
-            pool = stack.enter_context(ProcessPoolExecutor(
-                max_workers=args.workers, mp_context=multiprocessing.get_context("spawn")))
-            results = pool.map(job, jobs)
-        else:
-            results = map(job, jobs)
-        outcomes = []
-        for outcome in results:
-            solved = f"{outcome.solved_at:,}" if outcome.solved_at else "not solved"
-            print(f"{outcome.method:>42} seed {outcome.seed}: {solved}, final {outcome.final_return:.1f} "
-                  f"({outcome.seconds:.0f} s)", flush=True)
-            outcomes.append(outcome)
+    outcomes = run_jobs(job, jobs, args.workers)
+    for outcome in outcomes:
+        solved = f"{outcome.solved_at:,}" if outcome.solved_at else "not solved"
+        print(f"{outcome.method:>42} seed {outcome.seed}: {solved}, final {outcome.final_return:.1f} "
+              f"({outcome.seconds:.0f} s)", flush=True)
     parts = [per_seed_table(outcomes, methods, args.budget)]
     finals = "\n".join(f"- final return per seed, {m}: " + ", ".join(
         f"{o.final_return:.1f}" for o in outcomes if o.method == m) for m in methods)

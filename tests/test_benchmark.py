@@ -44,7 +44,7 @@ def test_benchmark_writes_a_table_with_provenance(tmp_path):
     assert "- command: `python benchmarks/dyna_vs_sb3.py --seeds 0 1" in text
     assert "stable-baselines3 2." in text and "rliable 1." in text and "- date: " in text and "cores" in text
     assert "ratio 1.00 (target: at most 1/3) - not met" in text
-    total = sum(o.seconds for o in script.run_jobs(script.jobs_for([0, 1], 2, 500, 250), 1, echo=False,
+    total = sum(o.seconds for o in script.run_cached(script.jobs_for([0, 1], 2, 500, 250), 1, echo=False,
                                                    cache=tmp_path / "runs"))
     assert f"Wall time: the 10 runs took {total:,.0f} s" in text and "read back" not in text
     # a second invocation reads every run back, and says its time is not theirs
@@ -68,18 +68,18 @@ def test_an_interrupted_benchmark_resumes_from_the_runs_it_kept(tmp_path, monkey
 
     monkeypatch.setattr(script, "job", fake_job)
     with pytest.raises(RuntimeError, match="interrupted"):
-        script.run_jobs(jobs, workers=1, echo=False, cache=tmp_path)
+        script.run_cached(jobs, workers=1, echo=False, cache=tmp_path)
     assert len(list(tmp_path.glob("*.json"))) == 2
     ran.clear()
     cut_off[0] = False
-    outcomes = script.run_jobs(jobs, workers=1, echo=False, cache=tmp_path)
+    outcomes = script.run_cached(jobs, workers=1, echo=False, cache=tmp_path)
     assert [o.method for o in outcomes] == [j[1] for j in jobs]
     assert ran == jobs[2:]  # only the runs not kept were run again
     assert [o.final_return for o in outcomes[:2]] == [31.0, 32.0]  # read back as they were
     assert len(list(tmp_path.glob("*.json"))) == len(jobs)
     (tmp_path / script.job_file(tmp_path, jobs[0]).name).write_text("{not json")
     with pytest.raises(SystemExit, match="not a run outcome"):
-        script.run_jobs(jobs, workers=1, echo=False, cache=tmp_path)
+        script.run_cached(jobs, workers=1, echo=False, cache=tmp_path)
 
 
 def _outcome(script, method, seed, solved_at, final, steps=(1000, 2000, 3000)):
@@ -133,7 +133,7 @@ def test_k_is_chosen_on_tuning_seeds_the_reported_runs_do_not_use(monkeypatch, c
         return [script.Outcome(name, seed, solved[k], 1.0, [7000], [500.0])
                 for _, name, seed, k, *_ in jobs]
 
-    monkeypatch.setattr(script, "run_jobs", fake_jobs)
+    monkeypatch.setattr(script, "run_cached", fake_jobs)
     k, iqms = script.choose_k([1, 5, 10], [100, 101], 7000, 500, 1)
     assert k == 5 and iqms == {1: 6000.0, 5: 3000.0, 10: 3500.0}
     assert {job[2] for job in asked} == {100, 101}

@@ -1,7 +1,7 @@
 """Chapter 3, Dyna-DQN against model-free DQN: its budgets and its experiment harness.
 
 A :class:`RunSpec` names one run (method, seed, K, h, updates per real step, ensemble);
-:func:`run_all` executes a list of them, one process per core, and returns plain
+:func:`run_all` executes a list of them with the book's job runner and returns plain
 :class:`RunRecord` results. Every run depends on its spec and configs alone, so the results
 do not depend on how the runs were scheduled (a test holds parallel runs to serial ones).
 
@@ -13,16 +13,15 @@ is not flattered by a choice made on the same runs.
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 from scipy.stats import trim_mean
-from tqdm.auto import tqdm
 
 from wmbook.agents.dqn import DQNConfig, train_dqn
 from wmbook.agents.dyna import DynaConfig, ModelCheck, train_dyna_dqn
+from wmbook.runner import run_jobs
 from wmbook.stats import REPS, steps_to_solve
 
 
@@ -100,11 +99,8 @@ class RunRecord:
         return float(np.mean([ret >= threshold for ret in after])) if after else float("nan")
 
 
-def run_one(spec: RunSpec, dqn: DQNConfig, dyna: DynaConfig, threads: int = 1) -> RunRecord:
-    """Train one run on the CPU with ``threads`` torch threads."""
-    import torch
-
-    torch.set_num_threads(threads)
+def run_one(spec: RunSpec, dqn: DQNConfig, dyna: DynaConfig) -> RunRecord:
+    """Train one run (the job runner sets its torch threads)."""
     dqn = dataclasses.replace(dqn, seed=spec.seed, updates_per_step=spec.updates_per_step)
     if spec.imagined_updates == 0:
         result, imagined, checks = train_dqn(dqn, progress=False), 0, []
@@ -123,15 +119,7 @@ def run_all(specs: list[RunSpec], dqn: DQNConfig, dyna: DynaConfig, workers: int
             progress: bool = True) -> list[RunRecord]:
     """Run every spec, ``workers`` at a time (in this process when ``workers`` is 1), and
     return the records in the order of ``specs``."""
-    if workers <= 1:
-        return [run_one(spec, dqn, dyna) for spec in tqdm(specs, desc="runs", disable=not progress)]
-    records: dict[RunSpec, RunRecord] = {}
-    context = multiprocessing.get_context("spawn")  # a clean interpreter per worker
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = {pool.submit(run_one, spec, dqn, dyna): spec for spec in specs}
-        for future in tqdm(as_completed(futures), total=len(futures), desc="runs", disable=not progress):
-            records[futures[future]] = future.result()
-    return [records[spec] for spec in specs]
+    return run_jobs(partial(run_one, dqn=dqn, dyna=dyna), specs, workers, progress=progress)
 
 
 def tuning_specs(config: DynaChapter, shift: int = 0) -> list[RunSpec]:

@@ -1,7 +1,7 @@
 """Chapter 5, Dreamer's RSSM: its budgets, its experiment harness and its figures.
 
 A :class:`DreamerSpec` names one Dreamer run (seed, switches turned off); :func:`run_all`
-executes a list of them, one process per core, and returns plain :class:`DreamerRecord`
+executes a list of them with the book's job runner and returns plain :class:`DreamerRecord`
 results. Chapter 3's DQN and Dyna-DQN runs are repeated here on the same seeds, under the same
 evaluation protocol (greedy episodes from ``evaluation_seed(seed)``), so that the curves can be
 drawn side by side. Every run depends on its spec and configs alone.
@@ -10,20 +10,18 @@ drawn side by side. Every run depends on its spec and configs alone.
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
 import gymnasium as gym
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from wmbook.agents.dqn import DQNConfig
 from wmbook.agents.dreamer import Dreamer, DreamerConfig, train_dreamer
 from wmbook.agents.dyna import DynaConfig
 from wmbook.chapters.ch03_dyna_dqn import RunSpec, run_one as run_chapter3
+from wmbook.runner import run_jobs
 from wmbook.stats import aggregate, probability_of_improvement
 
 # switch -> the setting that turns it off (each on by default in DreamerConfig)
@@ -123,9 +121,8 @@ def spec_config(spec: DreamerSpec, agent: DreamerConfig) -> DreamerConfig:
     return dataclasses.replace(agent, **changes)
 
 
-def run_dreamer(spec: DreamerSpec, agent: DreamerConfig, threads: int = 1) -> DreamerRecord:
-    """Train one Dreamer run on the CPU with ``threads`` torch threads."""
-    torch.set_num_threads(threads)
+def run_dreamer(spec: DreamerSpec, agent: DreamerConfig) -> DreamerRecord:
+    """Train one Dreamer run on the CPU (the job runner sets its torch threads)."""
     result = train_dreamer(spec_config(spec, agent), progress=False)
     weights = {k: v.cpu() for k, v in result.agent.state_dict().items()} if spec.keep_weights else None
     return DreamerRecord(spec, result.eval_steps, result.eval_returns, result.solved_at, result.env_steps,
@@ -148,16 +145,7 @@ def run_all(dreamer_specs: list[DreamerSpec], baseline_specs: list[RunSpec], con
     jobs += [("chapter3", spec, (config.dqn, config.dyna)) for spec in baseline_specs]
     # longest first, so two workers finish together
     order = sorted(range(len(jobs)), key=lambda i: jobs[i][0] != "dreamer")
-    done: dict[int, object] = {}
-    if config.workers <= 1:
-        for i in tqdm(order, desc="runs", disable=not progress):
-            done[i] = _run(jobs[i])
-    else:
-        context = multiprocessing.get_context("spawn")  # a clean interpreter per worker
-        with ProcessPoolExecutor(max_workers=config.workers, mp_context=context) as pool:
-            futures = {pool.submit(_run, jobs[i]): i for i in order}
-            for future in tqdm(as_completed(futures), total=len(futures), desc="runs", disable=not progress):
-                done[futures[future]] = future.result()
+    done = dict(zip(order, run_jobs(_run, [jobs[i] for i in order], config.workers, progress=progress)))
     records = [done[i] for i in range(len(jobs))]
     return records[:len(dreamer_specs)], records[len(dreamer_specs):]
 

@@ -24,11 +24,11 @@ from typing import Callable, Mapping, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from wmbook.agents.iql import IQL, IQLConfig, train_iql
 from wmbook.agents.tdmpc import PlannerConfig
 from wmbook.models.surgical import SurgicalWorldModel
+from wmbook.runner import run_jobs
 from wmbook.surgical import evaluation as E
 from wmbook.surgical import experiment as X
 from wmbook.surgical import policies as P
@@ -64,7 +64,7 @@ class SurgicalChapter:
     trajectory_steps: int              # frames of the trajectory figure after the start
     explorer_horizon: int              # seconds the explorer plays each policy for
     check_headline: bool
-    workers: int = 2                   # processes: this one and workers - 1 for the other seeds
+    workers: int = 2                   # runs at a time (the job runner's worker processes)
     bootstrap_reps: int = 2_000
 
 
@@ -225,59 +225,30 @@ def run_seed(config: SurgicalConfig, dataset: SurgicalDataset, model: SurgicalWo
     return out
 
 
-def _seed_job(job: tuple) -> dict:
-    """One seed in a worker process: the data and the world model read back from disk."""
-    config, chapter, seed, world_model = job
-    from wmbook.models.surgical import load_world_model
-    from wmbook.surgical.data import load_dataset
-
-    torch.set_num_threads(1)
-    dataset = load_dataset(config.data.root)
-    return run_seed(config, dataset, load_world_model(world_model).eval(), chapter, seed)
+def _job(job: tuple) -> dict:
+    """One seed's :func:`run_seed`, or (given the clean-only model) the dual-path ablation."""
+    config, dataset, model, clean_model, chapter, seed, record = job
+    if clean_model is not None:
+        return dual_path_ablation(config, dataset, {"clean only": clean_model}, chapter.compare.offline_steps,
+                                  seed, chapter.compare.map_stride, chapter.compare.map_components)
+    return run_seed(config, dataset, model, chapter, seed, record=record)
 
 
 def run_all(config: SurgicalConfig, dataset: SurgicalDataset, model: SurgicalWorldModel,
             clean_model: SurgicalWorldModel, chapter: SurgicalChapter, seeds: Sequence[int],
             progress: bool = True) -> tuple[list[dict], dict]:
-    """Every seed's :func:`run_seed` and the :func:`dual_path_ablation`. This process runs the
-    first seed (recording its play) and then the ablation, while ``chapter.workers - 1``
-    worker processes run the other seeds (here, one after the other, with one worker).
-    Each run depends on its seed alone, so where it runs does not change its numbers."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    rest = list(seeds[1:])
-    bar = tqdm(total=len(seeds) + 1, desc="seeds and ablation", disable=not progress)
-    pool = None
-    futures = []
-    if rest and chapter.workers > 1:
-        context = multiprocessing.get_context("spawn")  # a clean interpreter per worker
-        pool = ProcessPoolExecutor(max_workers=chapter.workers - 1, mp_context=context)
-        futures = [pool.submit(_seed_job, (config, chapter, seed, config.output.world_model)) for seed in rest]
-    try:
-        runs = [run_seed(config, dataset, model, chapter, seeds[0], record=True)]
-        bar.update(1)
-        # the dual-path model's row is the first seed's own imitation and IQL: the same runs
-        ablation = {"dual path": {n: {"map": runs[0]["map"][n]["1"]["ivt"],
-                                      "true_return": runs[0]["truth"][n]["true_return"],
-                                      "adverse_events": runs[0]["truth"][n]["adverse_events"]}
-                                  for n in ("imitation", "iql")}}
-        ablation.update(dual_path_ablation(config, dataset, {"clean only": clean_model},
-                                           chapter.compare.offline_steps, seeds[0], chapter.compare.map_stride,
-                                           chapter.compare.map_components))
-        bar.update(1)
-        if pool is None:
-            for seed in rest:
-                runs.append(run_seed(config, dataset, model, chapter, seed))
-                bar.update(1)
-        else:
-            for future in futures:
-                runs.append(future.result())
-                bar.update(1)
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
-        bar.close()
+    """Every seed's :func:`run_seed` (the first recording its play) and the
+    :func:`dual_path_ablation` at the first seed, ``chapter.workers`` at a time. Each run
+    depends on its seed alone, so where it runs does not change its numbers."""
+    jobs = [(config, dataset, model, None, chapter, seed, i == 0) for i, seed in enumerate(seeds)]
+    jobs.append((config, dataset, model, clean_model, chapter, seeds[0], False))
+    *runs, clean = run_jobs(_job, jobs, chapter.workers, desc="seeds and ablation", progress=progress)
+    # the dual-path model's row is the first seed's own imitation and IQL: the same runs
+    ablation = {"dual path": {n: {"map": runs[0]["map"][n]["1"]["ivt"],
+                                  "true_return": runs[0]["truth"][n]["true_return"],
+                                  "adverse_events": runs[0]["truth"][n]["adverse_events"]}
+                              for n in ("imitation", "iql")}}
+    ablation.update(clean)
     return runs, ablation
 
 
