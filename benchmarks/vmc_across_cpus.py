@@ -32,8 +32,10 @@ import os
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
+
+from wmbook.runner import run_jobs
 
 MODES = ("pretrain", "headline")
 CPUS = ("default", "avx2", "avx512")
@@ -72,13 +74,13 @@ def one_seed(mode: str, seed: int) -> dict:
     torch.set_num_threads(1)
     chapter = ch4.PROFILES["full"]
     started = time.perf_counter()
-    saved = ch4._pretrain_job(chapter, seed)
+    saved = ch4.pretrain_seed(chapter, seed)
     check = saved.check
     row = {"mode": mode, "seed": seed, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
            "theta_r2": check.theta_r2, "end_auc": check.end_auc, "p_end": check.p_end, "p_live": check.p_live,
            "nll": check.nll, "failed_stage": check.failed_stage}
     if mode == "headline":
-        run = ch4._controller_job(chapter, saved, chapter.headline_ratio)
+        run = ch4.train_controller(chapter, saved, chapter.headline_ratio)
         row.update(ratio=chapter.headline_ratio, final_return=run.final_return)
     row["seconds"] = time.perf_counter() - started
     return row
@@ -105,6 +107,11 @@ def run_in_child(mode: str, cpu: str, seed: int, path: Path, key: str) -> dict:
     tmp.write_text(json.dumps(row) + "\n")
     os.replace(tmp, path)  # a row is there whole or not at all
     return row
+
+
+def _child_job(mode: str, key: str, job: tuple) -> dict:
+    cpu, seed, path = job
+    return run_in_child(mode, cpu, seed, path, key)
 
 
 def report(rows: list[dict], mode: str) -> str:
@@ -144,8 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown instruction set {', '.join(unknown)} (choose from {', '.join(CPUS)})")
     jobs = [(cpu, seed, args.out / f"{args.mode}_{cpu}_seed{seed}.json") for cpu in cpus for seed in args.seeds]
     key = settings_key()
-    with ThreadPoolExecutor(args.workers) as pool:
-        rows = list(pool.map(lambda job: run_in_child(args.mode, *job, key), jobs))
+    rows = run_jobs(partial(_child_job, args.mode, key), jobs, args.workers, desc="seeds")
     print(report(rows, args.mode))
     return 0
 

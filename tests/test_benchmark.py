@@ -182,5 +182,8 @@ def test_the_cross_cpu_benchmark_counts_the_seeds_that_passed(tmp_path):
     kept = {**rows[0], "settings": script.settings_key()}
     path.write_text(__import__("json").dumps(kept))
     assert script.run_in_child("pretrain", "avx2", 1, path, script.settings_key()) == kept
+    (tmp_path / "pretrain_avx2_seed2.json").write_text(__import__("json").dumps(
+        {**_row("avx2", 2, "M"), "settings": script.settings_key()}))
+    assert script.main(["--seeds", "1-2", "--cpus", "avx2", "--out", str(tmp_path), "--workers", "1"]) == 0
     with pytest.raises(SystemExit):
         script.main(["--cpus", "avx9"])

@@ -52,15 +52,20 @@ def _outcome(records):
               for run in r.runs]) for r in records]
 
 
+def _records(chapter, seeds, untrained_seed=None):
+    saved = ch4.pretrain_seeds(chapter, seeds, progress=False)
+    runs = ch4.start_controllers(chapter, saved, untrained_seed).results(progress=False)
+    return saved, ch4.seed_records(chapter, saved, runs)
+
+
 def test_runs_give_the_same_records_in_worker_processes_as_in_this_one(tmp_path):
-    serial = ch4.ChapterRuns(_tiny_chapter(tmp_path, workers=1), (3, 4), untrained_seed=3)
-    pooled = ch4.ChapterRuns(_tiny_chapter(tmp_path, workers=2), (3, 4), untrained_seed=3)
-    # a seed's pretrained world model reaches this process while its controllers train
-    here, there = serial.pretrained(3), pooled.pretrained(3)
-    assert here.pretrained and there.pretrained
-    for name, weights in here.vae.state_dict().items():
-        assert torch.equal(weights, there.vae.state_dict()[name]), name
-    alone, spread = serial.records(progress=False), pooled.records(progress=False)
+    here, alone = _records(_tiny_chapter(tmp_path, workers=1), (3, 4), untrained_seed=3)
+    there, spread = _records(_tiny_chapter(tmp_path, workers=2), (3, 4), untrained_seed=3)
+    # the pretrained world models come back to this process, the same wherever they trained
+    assert [s.seed for s in here] == [3, 4]
+    for name, weights in here[0].vae.items():
+        assert torch.equal(weights, there[0].vae[name]), name
+    assert ch4.restore(_tiny_chapter(tmp_path, workers=1), there[0]).pretrained
     assert [r.seed for r in alone] == [3, 4]
     assert [run.ratio for run in alone[0].runs] == [0.0, 0.5]
     assert alone[0].untrained is not None and alone[1].untrained is None
@@ -84,15 +89,9 @@ def test_the_untrained_memory_stays_untrained_while_the_trained_one_is_refreshed
 
 def test_a_job_that_fails_in_a_worker_fails_the_records_with_its_own_error(tmp_path):
     chapter = dataclasses.replace(_tiny_chapter(tmp_path, workers=2), ratios=(0.0, 1.0))
-    runs = ch4.ChapterRuns(chapter, (3,))
+    saved = ch4.pretrain_seeds(chapter, (3,), progress=False)
     with pytest.raises(ConfigError, match="imagination_ratio must lie in"):
-        runs.records(progress=False)
-
-
-def test_runs_refuse_a_seed_they_were_not_given(tmp_path):
-    runs = ch4.ChapterRuns(_tiny_chapter(tmp_path, workers=1), (3,))
-    with pytest.raises(ValueError, match="seed 5 is not among"):
-        runs.pretrained(5)
+        ch4.start_controllers(chapter, saved).results(progress=False)
 
 
 def test_snapshot_refuses_a_trainer_that_was_not_pretrained(tmp_path):
@@ -144,8 +143,8 @@ def test_an_end_head_that_ignores_its_input_fails_the_check_of_m(tmp_path):
 
 
 def test_every_seed_of_the_runs_carries_its_pretraining_check(tmp_path):
-    runs = ch4.ChapterRuns(_tiny_chapter(tmp_path, workers=1), (3,))
-    check = runs.check(3)
+    saved, records = _records(_tiny_chapter(tmp_path, workers=1), (3,))
+    check = saved[0].check
     assert isinstance(check, ch4.PretrainingCheck) and check.seed == 3
     assert 0.0 <= check.end_auc <= 1.0 and check.theta_r2 <= 1.0
-    assert runs.records(progress=False)[0].check == check
+    assert records[0].check == check

@@ -85,3 +85,26 @@ def test_the_same_grid_runs_on_a_dask_cluster():
             assert run_jobs(edited, range(5), progress=False) == [3 * x + 1 for x in range(5)]
             pids = {pid for _, pid in run_jobs(threads_and_pid, range(4), progress=False)}
         assert os.getpid() not in pids and len(workers) == 2
+
+
+def touch(path):
+    from pathlib import Path
+
+    Path(path).touch()
+    return path
+
+
+def test_started_jobs_run_while_this_process_works(tmp_path):
+    import time
+
+    from wmbook.runner import start_jobs
+
+    paths = [str(tmp_path / f"job{i}") for i in range(4)]
+    jobs = start_jobs(touch, paths, workers=2)
+    deadline = time.monotonic() + 120
+    # nobody asks for the results yet: the jobs must finish on their own
+    while not all(os.path.exists(p) for p in paths):
+        assert time.monotonic() < deadline, "the started jobs did not run in the background"
+        time.sleep(0.05)
+    assert jobs.results(progress=False) == paths
+    assert start_jobs(touch, [], workers=2).results(progress=False) == []

@@ -59,6 +59,41 @@ def _n_jobs(workers: int, n: int) -> int:
     return -1
 
 
+class Jobs:
+    """Jobs started by :func:`start_jobs`: they run in the background while this process does
+    other work, and :meth:`results` waits for them."""
+
+    def __init__(self, outputs, n: int, desc: str):
+        self._outputs, self._n, self._desc = outputs, n, desc
+
+    def results(self, progress: bool = True) -> list:
+        """Every job's result, in the order of the jobs (waits for the jobs still running)."""
+        results: list[Any] = [None] * self._n
+        with tqdm(total=self._n, desc=self._desc, disable=not progress) as bar:
+            for index, result in self._outputs:
+                results[index] = result
+                bar.update(1)
+        self._outputs = iter(())
+        return results
+
+
+def start_jobs(fn: Callable[[J], R], jobs: Iterable[J], workers: int = 2, *, threads: int = 1,
+               desc: str = "runs") -> Jobs:
+    """Start ``fn(job)`` for every job, ``workers`` at a time, and return at once (with
+    ``workers=1`` they run in this process, when :meth:`Jobs.results` asks for them). The
+    arguments are those of :func:`run_jobs`."""
+    jobs = list(jobs)
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+    if not jobs:
+        return Jobs(iter(()), 0, desc)
+    parallel = joblib.Parallel(n_jobs=_n_jobs(workers, len(jobs)), return_as="generator_unordered")
+    calls = (joblib.delayed(_call)(fn, job, i, threads) for i, job in enumerate(jobs))
+    return Jobs(parallel(calls), len(jobs), desc)
+
+
 def run_jobs(fn: Callable[[J], R], jobs: Iterable[J], workers: int = 2, *, threads: int = 1,
              desc: str = "runs", progress: bool = True) -> list[R]:
     """``[fn(job) for job in jobs]``, ``workers`` at a time, in the order of ``jobs``.
@@ -68,18 +103,4 @@ def run_jobs(fn: Callable[[J], R], jobs: Iterable[J], workers: int = 2, *, threa
     a function defined in a notebook does. An exception in a job is raised here, with the
     job's traceback, after the other running jobs are stopped.
     """
-    jobs = list(jobs)
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
-    if threads < 1:
-        raise ValueError(f"threads must be at least 1, got {threads}")
-    results: list[Any] = [None] * len(jobs)
-    if not jobs:
-        return results
-    parallel = joblib.Parallel(n_jobs=_n_jobs(workers, len(jobs)), return_as="generator_unordered")
-    calls = (joblib.delayed(_call)(fn, job, i, threads) for i, job in enumerate(jobs))
-    with tqdm(total=len(jobs), desc=desc, disable=not progress) as bar:
-        for index, result in parallel(calls):
-            results[index] = result
-            bar.update(1)
-    return results
+    return start_jobs(fn, jobs, workers, threads=threads, desc=desc).results(progress)

@@ -2,13 +2,12 @@
 
 Per seed, one trainer collects random data and pretrains V and M once; every controller of that
 seed then starts from copies of the same V and M (:func:`fork`), so the imagination ratios are
-compared on the same world model. :class:`ChapterRuns` cuts the work into jobs, one per seed's
-pretraining and one per controller, and runs them in worker processes, one per core, the
-costliest first, so that no core idles while another finishes a seed. The first seed's V and M
-come back to the notebook (:func:`snapshot`, :func:`restore`) as soon as they are pretrained, and
-the experiments that look inside the models (reconstructions, the read-outs, the dream filmstrip,
-the NLL against a single Gaussian, the temperature sweep) run there while the controllers train,
-because they hand models and figures back to the notebook.
+compared on the same world model. The work is cut into jobs for the book's job runner: one per
+seed's pretraining (:func:`pretrain_seeds`), then one per controller (:func:`start_controllers`),
+the costliest first. The first seed's V and M come back to the notebook (:func:`snapshot`,
+:func:`restore`), and the experiments that look inside the models (reconstructions, the
+read-outs, the dream filmstrip, the NLL against a single Gaussian, the temperature sweep) run
+there while the controllers train, because they hand models and figures back to the notebook.
 
 Sizing for a 2-core CPU. Each real decision costs a CartPole frame (drawn by Gymnasium, read from
 its surface, cropped and box-filtered: about a millisecond), a VAE encoding and an LSTM step, so
@@ -19,7 +18,7 @@ the track (``diverse_starts``) so that V sees the cart wherever a good controlle
 Each controller gets 40,000 real steps (20,000 decisions), and every 5 PPO iterations M trains
 for 100 more updates on the random data and the controller's real episodes so far, Ha and
 Schmidhuber's iterative procedure (``memory_refresh_every``). The jobs run in two worker
-processes while the notebook looks inside the first seed's V and M (:class:`ChapterRuns`).
+processes while the notebook looks inside the first seed's V and M (:func:`start_controllers`).
 
 What V sees. On the whole-track view alone, a VAE of this size recovers the cart's position from
 ``z`` almost perfectly but not the pole's angle (measured with :func:`state_readout`; a smaller
@@ -85,12 +84,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import multiprocessing
-import queue
-import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
@@ -99,6 +96,7 @@ from tqdm.auto import tqdm
 from wmbook.agents.world_model_ppo import (Config, DreamResult, WorldModelPPOTrainer, collect_random,
                                            memory_epochs, train_in_dream, with_overrides)
 from wmbook.models.mdn_rnn import MDNRNN, latent_buffer, train_mdn_rnn
+from wmbook.runner import Jobs, run_jobs, start_jobs
 
 
 def _config(**dotted) -> Config:
@@ -289,134 +287,56 @@ def run_controller(trainer: WorldModelPPOTrainer, config: Config, label: str) ->
                      float(np.mean(lengths)) if lengths else 0.0)
 
 
-# One job of ChapterRuns: each runs in a fresh single-threaded process (or in this one, in order).
+# The chapter's jobs, run by the book's job runner (:mod:`wmbook.runner`): one per seed's
+# pretraining, then one per controller. Each job seeds itself and runs on one thread, so where and
+# in what order the jobs run does not change their numbers.
 
-def _pretrain_job(chapter: VMCChapter, seed: int) -> Pretrained:
+UNTRAINED = "untrained M"  # the label of the untrained-M controller's run
+
+
+def pretrain_seed(chapter: VMCChapter, seed: int) -> Pretrained:
     """``seed``'s pretrained V and M, with what they learned checked on held-out episodes."""
-    torch.set_num_threads(1)
     trainer = pretrained(chapter, seed)
     saved = snapshot(trainer)
     return dataclasses.replace(saved, check=check_pretraining(trainer, heldout(trainer, chapter.heldout_steps,
                                                                               heldout_seed(seed))))
 
 
-def _controller_job(chapter: VMCChapter, saved: Pretrained, ratio: float | None) -> RunRecord:
+def train_controller(chapter: VMCChapter, saved: Pretrained, ratio: float | None) -> RunRecord:
     """The controller of ``saved``'s seed at imagination ``ratio``; ``None``: the untrained-M run."""
-    torch.set_num_threads(1)
     trainer = restore(chapter, saved)
     if ratio is None:
         return untrained_memory_run(chapter, trainer)
     return run_controller(trainer, config_for(chapter, saved.seed, ratio), f"ratio {ratio:g}")
 
 
-class ChapterRuns:
-    """Every seed's pretraining and controllers, started at once in worker processes.
+def _controller_job(job: tuple) -> RunRecord:
+    return train_controller(*job)
 
-    The work is cut into jobs, one per pretraining and one per controller, run ``chapter.workers``
-    at a time in fresh single-threaded processes: per-seed jobs would leave a core idle while the
-    last seed runs. As soon as a seed's V and M are pretrained its controllers are ready to run
-    (and, for ``untrained_seed``, the untrained-M run of :func:`untrained_memory_run`); whenever a
-    worker is free it takes the costliest ready job (highest ratio first). Meanwhile this process
-    is free: :meth:`pretrained` hands it a seed's pretrained trainer as soon as that job is done
-    (the chapter looks inside the first seed's V and M while the controllers train), and
-    :meth:`records` waits for the rest. Every job seeds itself, so the results do not depend on how
-    the jobs are spread. With ``workers <= 1`` nothing starts early: each job runs in this process
-    when it is asked for.
-    """
 
-    def __init__(self, chapter: VMCChapter, seeds: tuple[int, ...], untrained_seed: int | None = None):
-        self.chapter, self.seeds = chapter, tuple(seeds)
-        self._jobs: dict[int, list[float | None]] = {
-            seed: sorted(chapter.ratios, reverse=True) + ([None] if seed == untrained_seed else []) for seed in seeds}
-        self._saved: dict[int, Pretrained] = {}
-        self._runs: dict[tuple[int, float | None], RunRecord] = {}
-        self._pool: ProcessPoolExecutor | None = None
-        if chapter.workers > 1:
-            context = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(max_workers=chapter.workers, mp_context=context)
-            self._pretraining = {seed: self._pool.submit(_pretrain_job, chapter, seed) for seed in seeds}
-            self._finished: queue.Queue = queue.Queue()  # (seed, ratio) and future of each finished controller
-            self._scheduler = threading.Thread(target=self._schedule_controllers, daemon=True)
-            self._scheduler.start()
+def pretrain_seeds(chapter: VMCChapter, seeds: Sequence[int], progress: bool = True) -> list[Pretrained]:
+    """Every seed's :func:`pretrain_seed`, ``chapter.workers`` at a time, in the order of ``seeds``."""
+    return run_jobs(partial(pretrain_seed, chapter), seeds, chapter.workers, desc="pretraining", progress=progress)
 
-    def _schedule_controllers(self) -> None:
-        """Submit each seed's controllers once its pretraining is done, never more than
-        ``workers`` jobs at a time, the costliest ready one first, so that the last jobs to finish
-        are short ones; report each finished controller to :meth:`records` (runs in a thread)."""
-        seed_of = {future: seed for seed, future in self._pretraining.items()}
-        job_of: dict[Future, tuple[int, float | None]] = {}
-        running, ready = set(seed_of), []
-        try:
-            while running:
-                done, running = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    if future in seed_of:
-                        seed = seed_of[future]
-                        future.result()  # a failed pretraining stops here
-                        ready += [(seed, ratio) for ratio in self._jobs[seed]]
-                    else:
-                        self._finished.put((job_of[future], future))
-                ready.sort(key=lambda job: -1.0 if job[1] is None else job[1], reverse=True)
-                while ready and len(running) < self.chapter.workers:
-                    seed, ratio = ready.pop(0)
-                    future = self._pool.submit(_controller_job, self.chapter, self._pretraining[seed].result(), ratio)
-                    job_of[future] = seed, ratio
-                    running.add(future)
-        except BaseException as error:  # records() raises it
-            self._finished.put((None, error))
 
-    def _saved_of(self, seed: int) -> Pretrained:
-        if seed not in self._saved:
-            self._saved[seed] = (self._pretraining[seed].result() if self._pool is not None
-                                 else _pretrain_job(self.chapter, seed))
-        return self._saved[seed]
+def start_controllers(chapter: VMCChapter, saved: Sequence[Pretrained], untrained_seed: int | None = None) -> Jobs:
+    """Every seed's controllers, one per ratio, and for ``untrained_seed`` the untrained-M run,
+    started at once in the background, the costliest (highest ratio) first so that the last jobs
+    to finish are short ones. The notebook looks inside the first seed's V and M meanwhile;
+    ``.results()`` waits for the runs, which :func:`seed_records` files by seed."""
+    jobs = [(chapter, s, ratio) for s in saved for ratio in chapter.ratios]
+    jobs += [(chapter, s, None) for s in saved if s.seed == untrained_seed]
+    jobs.sort(key=lambda job: -1.0 if job[2] is None else job[2], reverse=True)
+    return start_jobs(_controller_job, jobs, chapter.workers, desc="controllers")
 
-    def check(self, seed: int) -> PretrainingCheck:
-        """What ``seed``'s V and M learned (:func:`check_pretraining`; waits for its pretraining)."""
-        if seed not in self._jobs:
-            raise ValueError(f"seed {seed} is not among these runs' seeds {self.seeds}")
-        return self._saved_of(seed).check
 
-    def pretrained(self, seed: int) -> WorldModelPPOTrainer:
-        """``seed``'s trainer with V and M pretrained, as :func:`pretrained` leaves it (waits for its job)."""
-        if seed not in self._jobs:
-            raise ValueError(f"seed {seed} is not among these runs' seeds {self.seeds}")
-        return restore(self.chapter, self._saved_of(seed))
-
-    def records(self, progress: bool = True) -> list[SeedRecord]:
-        """Every seed's record, in seed order, once all its runs have finished."""
-        total = sum(len(jobs) for jobs in self._jobs.values())
-        bar = tqdm(total=total, desc="controllers", disable=not progress)
-        try:
-            if self._pool is None:
-                for seed in self.seeds:
-                    for ratio in self._jobs[seed]:
-                        self._runs[seed, ratio] = _controller_job(self.chapter, self._saved_of(seed), ratio)
-                        bar.update()
-            else:
-                for _ in range(total):
-                    key, finished = self._finished.get()
-                    if key is None:
-                        raise finished
-                    self._runs[key] = finished.result()
-                    bar.update()
-                for seed in self.seeds:
-                    self._saved_of(seed)
-        finally:
-            bar.close()
-            self.close()
-        records = []
-        for seed in self.seeds:
-            s = self._saved[seed]
-            records.append(SeedRecord(seed, s.vae_history["reconstruction"], s.vae_history["kl"], s.mdn_history["nll"],
-                                      [self._runs[seed, ratio] for ratio in self.chapter.ratios], s.cpu_seconds,
-                                      self._runs.get((seed, None)), s.check))
-        return records
-
-    def close(self) -> None:
-        """Stop the worker processes (cancelling the jobs not yet started)."""
-        if self._pool is not None:
-            self._pool.shutdown(cancel_futures=True)
+def seed_records(chapter: VMCChapter, saved: Sequence[Pretrained], runs: Sequence[RunRecord]) -> list[SeedRecord]:
+    """Each seed's record: its pretraining curves and check, its controllers in the order of
+    ``chapter.ratios``, and its untrained-M run where there is one."""
+    by_key = {(run.seed, None if run.label == UNTRAINED else run.ratio): run for run in runs}
+    return [SeedRecord(s.seed, s.vae_history["reconstruction"], s.vae_history["kl"], s.mdn_history["nll"],
+                       [by_key[s.seed, ratio] for ratio in chapter.ratios], s.cpu_seconds,
+                       by_key.get((s.seed, None)), s.check) for s in saved]
 
 
 # -- looking inside V and M -----------------------------------------------------------------------
@@ -729,7 +649,7 @@ def untrained_memory_run(chapter: VMCChapter, trainer: WorldModelPPOTrainer) -> 
     child.mdn.load_state_dict(MDNRNN(trainer.mdn.config).state_dict())  # the initial weights again
     cpu = time.process_time()
     result = child.train()
-    return RunRecord(config.seed, 0.0, "untrained M", result.collection_steps, result.real_steps,
+    return RunRecord(config.seed, 0.0, UNTRAINED, result.collection_steps, result.real_steps,
                      result.imagined_steps, result.episode_steps, result.episode_returns, result.final_returns,
                      result.seconds, time.process_time() - cpu)
 
