@@ -27,7 +27,7 @@ method. A run that never solves counts as the budget, a censored value that favo
 command reads the kept runs instead of repeating them: the full benchmark is fifty-six
 single-core runs (six of them tuning K), the slowest taking the better part of an hour, so it
 can be run in parts. The tables go to
-``book/benchmark_results.md`` (shown by the book's appendix page), with the command, versions,
+``book/benchmarks/dyna_vs_sb3.md`` (shown by the book's appendix page), with the command, versions,
 machine and date that produced them.
 """
 
@@ -396,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="real steps per tuning run (Chapter 3's budget)")
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
-    parser.add_argument("--out", default="book/benchmark_results.md", help="'-' prints only")
+    parser.add_argument("--out", default="book/benchmarks/dyna_vs_sb3.md", help="'-' prints only")
     parser.add_argument("--reps", type=int, default=REPS, help="bootstrap resamples per interval")
     parser.add_argument("--runs", default="benchmarks/runs/dyna_vs_sb3",
                         help="folder that keeps each run's outcome, so that an interrupted "

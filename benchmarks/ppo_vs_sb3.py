@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-every", type=int, default=1_000,
                         help="a multiple of 8, the environments (Chapter 3 evaluates every 500 steps; 1,000 is the nearest multiple of 8 that divides the budget into whole evaluations)")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
-    parser.add_argument("--out", default="book/benchmark_ppo_results.md", help="'-' prints only")
+    parser.add_argument("--out", default="book/benchmarks/ppo_vs_sb3.md", help="'-' prints only")
     parser.add_argument("--reps", type=int, default=REPS, help="bootstrap resamples per interval")
     args = parser.parse_args(argv)
     if args.eval_every % ZOO_N_ENVS:
