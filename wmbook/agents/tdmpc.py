@@ -47,6 +47,8 @@ from typing import Callable, Mapping, NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.cluster import KMeans
+from sklearn.linear_model import Ridge
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -195,9 +197,8 @@ class ValueComponents(nn.Module):
         ``shrinkage`` pseudo-counts) and ``k``-means centroids of the embeddings."""
         z = np.concatenate([p.embeddings for p in procedures]).astype(np.float64)
         position = np.concatenate([np.arange(len(p)) / max(1, len(p) - 1) for p in procedures])
-        X = np.concatenate([z, np.ones((len(z), 1))], 1)
-        w = np.linalg.solve(X.T @ X + ridge * np.eye(X.shape[1]), X.T @ position)
-        self.progress_w.copy_(torch.from_numpy(w).float())
+        fit = Ridge(alpha=ridge).fit(z, position)
+        self.progress_w.copy_(torch.from_numpy(np.r_[fit.coef_, fit.intercept_]).float())
 
         weights = np.array([reward_weights.get(name, 0.0) for name in REWARD_NAMES])
         reward = np.concatenate([p.rewards @ weights for p in procedures])
@@ -213,16 +214,9 @@ class ValueComponents(nn.Module):
             table[phase] = (actions[rows] * centred[:, None]).sum(0) / (counts + shrinkage)
         self.action_table.copy_(torch.from_numpy(table).float())
 
-        rng = np.random.default_rng(seed)
-        k = self.centroids.shape[0]
-        centroids = z[rng.choice(len(z), k, replace=False)]
-        for _ in range(10):  # Lloyd's iterations
-            nearest = ((z[:, None] - centroids[None]) ** 2).sum(-1).argmin(1)
-            for j in range(k):
-                if (nearest == j).any():
-                    centroids[j] = z[nearest == j].mean(0)
-        distance = np.sqrt(((z[:, None] - centroids[None]) ** 2).sum(-1).min(1))
-        self.centroids.copy_(torch.from_numpy(centroids).float())
+        kmeans = KMeans(n_clusters=self.centroids.shape[0], n_init=1, random_state=seed).fit(z)
+        distance = kmeans.transform(z).min(1)
+        self.centroids.copy_(torch.from_numpy(kmeans.cluster_centers_).float())
         self.novelty_scale.fill_(float(np.quantile(distance, 0.9)) + 1e-6)
         return self
 

@@ -91,6 +91,8 @@ from functools import partial
 
 import numpy as np
 import torch
+from sklearn.linear_model import LinearRegression
+from sklearn.metrics import r2_score
 from tqdm.auto import tqdm
 
 from wmbook.agents.world_model_ppo import (Config, DreamResult, WorldModelPPOTrainer, collect_random,
@@ -372,9 +374,8 @@ def linear_r2(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_te
     """R^2 per column of ``y_test`` ``(N, K)`` of a least-squares read-out (with an intercept) fitted
     on ``(x_train (M, D), y_train (M, K))`` and applied to ``x_test`` ``(N, D)``: 1 means recovered,
     0 no better than the test mean."""
-    weights = np.linalg.lstsq(np.c_[x_train, np.ones(len(x_train))], y_train, rcond=None)[0]
-    error = ((np.c_[x_test, np.ones(len(x_test))] @ weights - y_test) ** 2).mean(0)
-    return 1.0 - error / y_test.var(0)
+    prediction = LinearRegression().fit(x_train, y_train).predict(x_test)
+    return r2_score(y_test, prediction, multioutput="raw_values")
 
 
 def state_readout(trainer: WorldModelPPOTrainer, held: Heldout) -> dict[str, np.ndarray]:

@@ -24,6 +24,8 @@ from typing import Callable, Mapping, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from scipy.stats import kendalltau
+from sklearn.decomposition import PCA
 
 from wmbook.agents.iql import IQL, IQLConfig, train_iql
 from wmbook.agents.tdmpc import PlannerConfig
@@ -326,14 +328,7 @@ def kendall_tau(first: Sequence[str], second: Sequence[str]) -> float:
     if len(first) < 2:
         raise ValueError("Kendall's tau needs at least two names")
     pos = {n: i for i, n in enumerate(second)}
-    concordant = discordant = 0
-    for i in range(len(first)):
-        for j in range(i + 1, len(first)):
-            if pos[first[i]] < pos[first[j]]:
-                concordant += 1
-            else:
-                discordant += 1
-    return (concordant - discordant) / (concordant + discordant)
+    return float(kendalltau(range(len(first)), [pos[n] for n in first]).statistic)
 
 
 def format_rank_table(by_map: Sequence[str], by_truth: Sequence[str]) -> str:
@@ -385,14 +380,12 @@ class Projection:
         frames = np.asarray(frames, np.float64)
         if frames.ndim != 2 or len(frames) < 3:
             raise ValueError(f"fit the projection on frames of shape (N >= 3, D), got {frames.shape}")
-        self.mean = frames.mean(0)
-        _, _, vt = np.linalg.svd(frames - self.mean, full_matrices=False)
-        self.axes = vt[:2]
-        self.axes *= np.where(self.axes.sum(1, keepdims=True) < 0, -1.0, 1.0)  # a fixed sign
+        self.pca = PCA(n_components=2).fit(frames)
+        self.pca.components_ *= np.where(self.pca.components_.sum(1, keepdims=True) < 0, -1.0, 1.0)  # a fixed sign
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         """``(n, 2)`` coordinates of ``frames`` ``(n, D)``."""
-        return (np.asarray(frames, np.float64) - self.mean) @ self.axes.T
+        return self.pca.transform(np.asarray(frames, np.float64))
 
 
 @torch.no_grad()
