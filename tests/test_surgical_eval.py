@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from surgical_helpers import tiny_config
-from wmbook.models.surgical import SurgicalWorldModel
+from wmbook.surgical.model import SurgicalWorldModel
 from wmbook.surgical import evaluation as E
 from wmbook.surgical.data import load_dataset
 from wmbook.surgical.experiment import expert_for, generate

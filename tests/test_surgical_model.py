@@ -12,7 +12,7 @@ from surgical_helpers import tiny_config
 from wmbook.checkpoint import save_checkpoint
 from wmbook.envs import DreamEnv
 from wmbook.models.base import WorldModel
-from wmbook.models.surgical import (SurgicalTrainConfig, SurgicalWorldModel,
+from wmbook.surgical.model import (SurgicalTrainConfig, SurgicalWorldModel,
                                     SurgicalWorldModelConfig, WindowSampler, load_world_model,
                                     sample_triplets, train_world_model, window_losses,
                                     world_model_payload)

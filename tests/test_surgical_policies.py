@@ -12,7 +12,7 @@ import yaml
 
 from surgical_helpers import TINY, tiny_world
 from wmbook.agents.ppo import BernoulliHead
-from wmbook.agents.tdmpc import PlannerConfig, SurgicalTDMPC, TDMPCConfig
+from wmbook.surgical.tdmpc import PlannerConfig, SurgicalTDMPC, TDMPCConfig
 from wmbook.surgical import cli
 from wmbook.surgical import evaluation as E
 from wmbook.surgical import policies as P

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from wmbook.agents.safety import LagrangeMultiplier, constrained_scores
-from wmbook.agents.tdmpc import (OfflineBatch, PlannerConfig, SurgicalTDMPC, TDMPCConfig, plan,
+from wmbook.surgical.tdmpc import (OfflineBatch, PlannerConfig, SurgicalTDMPC, TDMPCConfig, plan,
                                  tdmpc_losses)
 
 N_LABELS, HORIZON = 8, 3

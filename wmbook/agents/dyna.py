@@ -23,8 +23,9 @@ are worth rests on a measured model.
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -322,3 +323,61 @@ def train_dyna_dqn(dqn_config: DQNConfig, dyna_config: DynaConfig, device: torch
     env.close()
     return train_dqn(dqn_config, device, progress, after_step=planner), planner
 
+
+# -- one run of a grid: DQN or Dyna-DQN under a spec, its outcome as plain values (Chapters 3, 5)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run. ``imagined_updates`` = 0 is model-free DQN."""
+
+    label: str
+    seed: int
+    imagined_updates: int = 0      # K
+    rollout_length: int = 1        # h
+    updates_per_step: int = 1      # updates on real data per real step
+    ensemble_members: int = 1      # 1: a single world model
+    max_disagreement: float | None = None
+
+
+@dataclass
+class RunRecord:
+    """What a run produced, as plain values."""
+
+    spec: RunSpec
+    eval_steps: list[int]
+    eval_returns: list[float]
+    solved_at: int | None
+    gradient_updates: int
+    imagined_transitions: int
+    seconds: float
+    model_checks: list[ModelCheck] = field(default_factory=list)  # one per refit (Dyna only)
+
+    @property
+    def final_return(self) -> float:
+        """Mean greedy return at the last evaluation."""
+        return self.eval_returns[-1]
+
+    def kept_solved(self, threshold: float) -> float:
+        """Share of the evaluations after the first solve that still reach ``threshold``; NaN
+        when the run never solved or solved at its last evaluation."""
+        after = [ret for step, ret in zip(self.eval_steps, self.eval_returns)
+                 if self.solved_at is not None and step > self.solved_at]
+        return float(np.mean([ret >= threshold for ret in after])) if after else float("nan")
+
+
+def run_one(spec: RunSpec, dqn: DQNConfig, dyna: DynaConfig) -> RunRecord:
+    """Train one run of DQN (``spec.imagined_updates`` 0) or Dyna-DQN under ``dqn`` and ``dyna``
+    with the spec's seed and settings (Chapters 3 and 5; the job runner sets its torch threads)."""
+    dqn = dataclasses.replace(dqn, seed=spec.seed, updates_per_step=spec.updates_per_step)
+    if spec.imagined_updates == 0:
+        result, imagined, checks = train_dqn(dqn, progress=False), 0, []
+    else:
+        dyna = dataclasses.replace(dyna, imagined_updates=spec.imagined_updates,
+                                   rollout_length=spec.rollout_length,
+                                   ensemble_members=spec.ensemble_members,
+                                   max_disagreement=spec.max_disagreement)
+        result, planner = train_dyna_dqn(dqn, dyna, progress=False)
+        imagined, checks = planner.imagined, planner.checks
+    return RunRecord(spec, result.eval_steps, result.eval_returns, result.solved_at,
+                     result.gradient_updates, imagined, result.seconds, list(checks))

@@ -1,8 +1,8 @@
 """Chapter 3, Dyna-DQN against model-free DQN: its budgets and its experiment harness.
 
-A :class:`RunSpec` names one run (method, seed, K, h, updates per real step, ensemble);
+A :class:`~wmbook.agents.dyna.RunSpec` names one run (method, seed, K, h, updates per real step, ensemble);
 :func:`run_all` executes a list of them with the book's job runner and returns plain
-:class:`RunRecord` results. Every run depends on its spec and configs alone, so the results
+:class:`~wmbook.agents.dyna.RunRecord` results. Every run depends on its spec and configs alone, so the results
 do not depend on how the runs were scheduled (a test holds parallel runs to serial ones).
 
 The chapter tunes before it reports: :func:`choose_k` picks the number of imagined updates K
@@ -12,15 +12,13 @@ is not flattered by a choice made on the same runs.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 
-import numpy as np
 from scipy.stats import trim_mean
 
-from wmbook.agents.dqn import DQNConfig, train_dqn
-from wmbook.agents.dyna import DynaConfig, ModelCheck, train_dyna_dqn
+from wmbook.agents.dqn import DQNConfig
+from wmbook.agents.dyna import DynaConfig, RunRecord, RunSpec, run_one  # noqa: F401 (the chapter's names)
 from wmbook.runner import run_jobs
 from wmbook.stats import REPS, steps_to_solve
 
@@ -58,61 +56,6 @@ PROFILES = {
         ensemble_members=2, max_disagreement=None, workers=2, exercise_steps=500,
         bootstrap_reps=500, check_headline=False),
 }
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One training run. ``imagined_updates`` = 0 is model-free DQN."""
-
-    label: str
-    seed: int
-    imagined_updates: int = 0      # K
-    rollout_length: int = 1        # h
-    updates_per_step: int = 1      # updates on real data per real step
-    ensemble_members: int = 1      # 1: a single world model
-    max_disagreement: float | None = None
-
-
-@dataclass
-class RunRecord:
-    """What a run produced, as plain values."""
-
-    spec: RunSpec
-    eval_steps: list[int]
-    eval_returns: list[float]
-    solved_at: int | None
-    gradient_updates: int
-    imagined_transitions: int
-    seconds: float
-    model_checks: list[ModelCheck] = field(default_factory=list)  # one per refit (Dyna only)
-
-    @property
-    def final_return(self) -> float:
-        """Mean greedy return at the last evaluation."""
-        return self.eval_returns[-1]
-
-    def kept_solved(self, threshold: float) -> float:
-        """Share of the evaluations after the first solve that still reach ``threshold``; NaN
-        when the run never solved or solved at its last evaluation."""
-        after = [ret for step, ret in zip(self.eval_steps, self.eval_returns)
-                 if self.solved_at is not None and step > self.solved_at]
-        return float(np.mean([ret >= threshold for ret in after])) if after else float("nan")
-
-
-def run_one(spec: RunSpec, dqn: DQNConfig, dyna: DynaConfig) -> RunRecord:
-    """Train one run (the job runner sets its torch threads)."""
-    dqn = dataclasses.replace(dqn, seed=spec.seed, updates_per_step=spec.updates_per_step)
-    if spec.imagined_updates == 0:
-        result, imagined, checks = train_dqn(dqn, progress=False), 0, []
-    else:
-        dyna = dataclasses.replace(dyna, imagined_updates=spec.imagined_updates,
-                                   rollout_length=spec.rollout_length,
-                                   ensemble_members=spec.ensemble_members,
-                                   max_disagreement=spec.max_disagreement)
-        result, planner = train_dyna_dqn(dqn, dyna, progress=False)
-        imagined, checks = planner.imagined, planner.checks
-    return RunRecord(spec, result.eval_steps, result.eval_returns, result.solved_at,
-                     result.gradient_updates, imagined, result.seconds, list(checks))
 
 
 def run_all(specs: list[RunSpec], dqn: DQNConfig, dyna: DynaConfig, workers: int = 2,

@@ -19,8 +19,7 @@ import torch
 
 from wmbook.agents.dqn import DQNConfig
 from wmbook.agents.dreamer import Dreamer, DreamerConfig, train_dreamer
-from wmbook.agents.dyna import DynaConfig
-from wmbook.chapters.ch03_dyna_dqn import RunSpec, run_one as run_chapter3
+from wmbook.agents.dyna import DynaConfig, RunSpec, run_one as run_chapter3
 from wmbook.runner import run_jobs
 from wmbook.stats import aggregate, probability_of_improvement
 

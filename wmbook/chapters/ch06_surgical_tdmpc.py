@@ -28,8 +28,8 @@ from scipy.stats import kendalltau
 from sklearn.decomposition import PCA
 
 from wmbook.agents.iql import IQL, IQLConfig, train_iql
-from wmbook.agents.tdmpc import PlannerConfig
-from wmbook.models.surgical import SurgicalWorldModel
+from wmbook.surgical.tdmpc import PlannerConfig
+from wmbook.surgical.model import SurgicalWorldModel
 from wmbook.runner import run_jobs
 from wmbook.surgical import evaluation as E
 from wmbook.surgical import experiment as X

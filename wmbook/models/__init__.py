@@ -34,8 +34,6 @@ from wmbook.models.layers import Normalizer, mlp
 from wmbook.models.rssm import RSSM, RSSMConfig, RSSMState, TwoHot, symexp, symlog
 from wmbook.models.mdn_rnn import MDNRNN, MDNRNNConfig, VisionMemoryModel, mdn_nll, sample_mdn, train_mdn_rnn
 from wmbook.models.vae import ConvVAE, VAEConfig, train_vae
-from wmbook.models.surgical import (SurgicalTrainConfig, SurgicalWorldModel,
-                                    SurgicalWorldModelConfig, sample_triplets)
 
 __all__ = [
     "ConvVAE",
@@ -80,10 +78,6 @@ __all__ = [
     "reset_first",
     "symexp",
     "symlog",
-    "sample_triplets",
-    "SurgicalTrainConfig",
-    "SurgicalWorldModel",
-    "SurgicalWorldModelConfig",
     "train_dynamics",
     "train_ensemble",
 ]

@@ -19,7 +19,7 @@ Modules:
 * :mod:`~wmbook.surgical.config`, :mod:`~wmbook.surgical.experiment`,
   :mod:`~wmbook.surgical.cli`: settings, the experiment end to end, ``python -m wmbook surgical``.
 
-The world model itself is :mod:`wmbook.models.surgical`.
+The world model itself is :mod:`wmbook.surgical.model`.
 """
 
 from wmbook.surgical.data import (Procedure, ProcedureFormatError, SurgicalDataset, load_dataset,

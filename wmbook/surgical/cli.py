@@ -149,7 +149,7 @@ def _run(args) -> int:
                 handle.write(text + "\n")
         print(f"results written to {config.output.results}")
         return 0
-    from wmbook.models.surgical import load_world_model
+    from wmbook.surgical.model import load_world_model
     from wmbook.surgical.data import load_dataset
 
     dataset = load_dataset(config.data.root)
@@ -192,7 +192,7 @@ def _run(args) -> int:
 
 
 def _policy_command(args, config, dataset) -> int:
-    from wmbook.models.surgical import load_world_model
+    from wmbook.surgical.model import load_world_model
     from wmbook.surgical import policies as P
 
     model = load_world_model(args.world_model)

@@ -3,8 +3,8 @@ dataclasses of the code (``configs/surgical_world_model.yaml`` holds the default
 
 Sections: ``data`` (:class:`DataConfig`), ``simulator``
 (:class:`~wmbook.surgical.simulator.SimulatorConfig`), ``model``
-(:class:`~wmbook.models.surgical.SurgicalWorldModelConfig`, without ``embedding_dim``, which
-comes from the data), ``training`` (:class:`~wmbook.models.surgical.SurgicalTrainConfig`),
+(:class:`~wmbook.surgical.model.SurgicalWorldModelConfig`, without ``embedding_dim``, which
+comes from the data), ``training`` (:class:`~wmbook.surgical.model.SurgicalTrainConfig`),
 ``evaluation`` (:class:`EvaluationConfig`) and ``output`` (:class:`OutputConfig`). A missing
 key keeps its default; an unknown key is an error that names it.
 """
@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from wmbook.models.surgical import SurgicalTrainConfig, SurgicalWorldModelConfig
+from wmbook.surgical.model import SurgicalTrainConfig, SurgicalWorldModelConfig
 from wmbook.surgical.simulator import SimulatorConfig
 
 

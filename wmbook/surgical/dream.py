@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from wmbook.envs import DreamEnv
-from wmbook.models.surgical import SurgicalLatent, SurgicalWorldModel
+from wmbook.surgical.model import SurgicalLatent, SurgicalWorldModel
 from wmbook.surgical.imitation import context_windows
 
 

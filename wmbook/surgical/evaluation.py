@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from wmbook.models.surgical import SurgicalWorldModel
+from wmbook.surgical.model import SurgicalWorldModel
 from wmbook.surgical.imitation import anticipate, context_windows, filter_context
 from wmbook.surgical.simulator import ProcedureStart, SimulatorConfig, State, SurgicalEnv
 from wmbook.surgical.triplets import COMPONENTS, N_TRIPLETS, REWARD_NAMES

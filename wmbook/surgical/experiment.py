@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from wmbook.checkpoint import load_checkpoint, save_checkpoint, write_json
-from wmbook.models.surgical import (SurgicalWorldModel, load_world_model, train_world_model,
+from wmbook.surgical.model import (SurgicalWorldModel, load_world_model, train_world_model,
                                     world_model_payload)
 from wmbook.surgical import evaluation as E
 from wmbook.surgical.config import SurgicalConfig

@@ -4,7 +4,7 @@ imitation head, rolled forward over its own predictions.
 From a context of ``W`` frames (read from a zero state, as in training) the model gives the
 latent ``h_t``; the imitation head gives the probabilities of the triplets at ``t + 1``; the
 expected number (1 to 3) of the most likely of them
-(:func:`~wmbook.models.surgical.sample_triplets`, deterministic) are taken as the next action,
+(:func:`~wmbook.surgical.model.sample_triplets`, deterministic) are taken as the next action,
 the transition imagines the frame they lead to, and the head is asked again: the probabilities
 at step ``k`` are the anticipation of ``t + k``. The "current" column comes from the
 recognition head, which reads the frame ``z_t`` itself.
@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from wmbook.models.surgical import SurgicalLatent, SurgicalWorldModel, sample_triplets
+from wmbook.surgical.model import SurgicalLatent, SurgicalWorldModel, sample_triplets
 
 
 def context_windows(procedure, context: int, actions: str = "recognised") -> dict[str, torch.Tensor]:
@@ -88,7 +88,7 @@ class ImitationPolicy:
     action produced and returns the next labels ``(100,)`` int8, 1 to 3 active, drawn from the
     head with a generator seeded by ``seed``, ignoring labels below ``floor`` (or, if
     ``deterministic``, its expected number of most likely ones; see
-    :func:`~wmbook.models.surgical.sample_triplets`).
+    :func:`~wmbook.surgical.model.sample_triplets`).
     """
 
     def __init__(self, model: SurgicalWorldModel, seed: int = 0, deterministic: bool = False,

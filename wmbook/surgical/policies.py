@@ -37,10 +37,10 @@ from tqdm.auto import tqdm
 from wmbook.agents.iql import IQL
 from wmbook.agents.ppo import PPO, Batch, BernoulliHead, PPOConfig, compute_gae
 from wmbook.agents.safety import LagrangeMultiplier
-from wmbook.agents.tdmpc import RISK, OfflineBatch, PlannerConfig, SurgicalTDMPC
+from wmbook.surgical.tdmpc import RISK, OfflineBatch, PlannerConfig, SurgicalTDMPC
 from wmbook.envs import DreamEnv
 from wmbook.models.base import Step
-from wmbook.models.surgical import SurgicalLatent, SurgicalWorldModel, sample_triplets
+from wmbook.surgical.model import SurgicalLatent, SurgicalWorldModel, sample_triplets
 from wmbook.surgical.dream import start_latents
 from wmbook.surgical.evaluation import ivt_map
 from wmbook.surgical.imitation import context_windows, filter_context
@@ -62,7 +62,7 @@ def reward_vector(weights: Mapping[str, float] | None) -> torch.Tensor:
 def offline_transitions(model: SurgicalWorldModel, procedures: Sequence,
                         reward_weights: Mapping[str, float] | None = None) -> OfflineBatch:
     """The logged transitions of ``procedures`` (which need ``rewards``) as an
-    :class:`~wmbook.agents.tdmpc.OfflineBatch`; the reward is the weighted logged components."""
+    :class:`~wmbook.surgical.tdmpc.OfflineBatch`; the reward is the weighted logged components."""
     weights = reward_vector(reward_weights)
     parts: list[OfflineBatch] = []
     for p in procedures:
@@ -423,7 +423,7 @@ def load_policy(path, method: str, model: SurgicalWorldModel) -> dict:
 def build_agent(method: str, model: SurgicalWorldModel, config_values: Mapping | None = None):
     """A fresh agent of ``method`` for ``model`` and its config (from plain values or defaults)."""
     from wmbook.agents.iql import IQLConfig
-    from wmbook.agents.tdmpc import TDMPCConfig
+    from wmbook.surgical.tdmpc import TDMPCConfig
 
     values = dict(config_values or {})
     feature_dim = model.config.hidden_dim + model.config.embedding_dim
@@ -452,7 +452,7 @@ def train_policy(method: str, model: SurgicalWorldModel, procedures: Sequence, p
     from pathlib import Path
 
     from wmbook.agents.iql import train_iql
-    from wmbook.agents.tdmpc import train_tdmpc
+    from wmbook.surgical.tdmpc import train_tdmpc
 
     agent, config = build_agent(method, model, overrides)
     start, optimiser = 0, None
@@ -564,7 +564,7 @@ def compare_policies(config, dataset, model: SurgicalWorldModel, settings: Compa
     after the run (not JSON); ``wrap(name, policy)`` replaces each policy (the expert's
     included) that plays the full test procedures, e.g. to record what it does."""
     from wmbook.agents.iql import IQLConfig, train_iql
-    from wmbook.agents.tdmpc import TDMPCConfig, train_tdmpc
+    from wmbook.surgical.tdmpc import TDMPCConfig, train_tdmpc
     from wmbook.surgical import evaluation as E
     from wmbook.surgical.experiment import expert_for
     from wmbook.surgical.imitation import ImitationPolicy

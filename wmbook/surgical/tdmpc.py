@@ -14,7 +14,7 @@ Bernoulli probability per label and step, ``p`` ``(H, 100)``:
 1. start from the policy prior's probabilities along its own most likely rollout, with a
    floor (``explore``) so that every label can be tried;
 2. sample ``N`` sequences label by label and enforce 1 to 3 active labels per step
-   (:func:`~wmbook.models.surgical.sample_triplets`: surplus labels dropped, least likely
+   (:func:`~wmbook.surgical.model.sample_triplets`: surplus labels dropped, least likely
    first; a missing one added, most likely first); sample 0 is the distribution's mode;
 3. score each: ``sum_h gamma^h c_h r_h + gamma^H c_H V(s_H)`` with ``c`` the predicted
    probability that the procedure is still running;
@@ -54,7 +54,7 @@ from tqdm.auto import tqdm
 
 from wmbook.agents.safety import constrained_scores
 from wmbook.models.layers import mlp
-from wmbook.models.surgical import SurgicalWorldModel, sample_triplets
+from wmbook.surgical.model import SurgicalWorldModel, sample_triplets
 from wmbook.surgical.triplets import REWARD_NAMES
 
 RISK = REWARD_NAMES.index("_r_risk")
