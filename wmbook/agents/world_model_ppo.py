@@ -44,7 +44,6 @@ import json
 import math
 import sys
 import time
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +56,7 @@ from wmbook.agents.ppo import PPO, Batch, PPOConfig, compute_gae, head_for
 from wmbook.buffers import SequenceBuffer
 from wmbook.envs import set_cartpole_state
 from wmbook.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from wmbook.config import ConfigError, from_dict, load_yaml, to_dict as config_to_dict, with_overrides as overrides
 from wmbook.models.mdn_rnn import (MDNHistory, MDNRNN, MDNRNNConfig, VisionMemoryModel, VMLatent, latent_buffer,
                                    train_mdn_rnn)
 from wmbook.models.vae import ConvVAE, VAEConfig, VAEHistory, train_vae
@@ -164,80 +164,19 @@ class Config:
     evaluation: EvaluationSection = EvaluationSection()
 
 
-class ConfigError(ValueError):
-    """A configuration that cannot be used: unknown keys, wrong types, values out of range."""
-
-
-def _build(cls: type, data: Any, path: str) -> Any:
-    """An instance of dataclass ``cls`` from a mapping, checking keys and types; ``path`` names
-    the section in errors (``world_model.vae``)."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path or 'the configuration'} must be a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        where = f" in {path}" if path else ""
-        raise ConfigError(f"unknown configuration key{'s' if len(unknown) > 1 else ''}{where}: "
-                          f"{', '.join(f'{path}.{k}' if path else str(k) for k in unknown)} "
-                          f"(allowed: {', '.join(names)})")
-    values = {}
-    for name in names:
-        if name not in data:
-            continue
-        key, hint, value = f"{path}.{name}" if path else name, hints[name], data[name]
-        if dataclasses.is_dataclass(hint):
-            values[name] = _build(hint, value, key)
-        elif hint is bool:
-            if not isinstance(value, bool):
-                raise ConfigError(f"{key} must be true or false, got {value!r}")
-            values[name] = value
-        elif hint is int:
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"{key} must be an integer, got {value!r}")
-            values[name] = value
-        elif hint is float:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"{key} must be a number, got {value!r}")
-            values[name] = float(value)
-        elif hint is str:
-            if not isinstance(value, str):
-                raise ConfigError(f"{key} must be a string, got {value!r}")
-            values[name] = value
-        else:  # tuple[int, ...]
-            if not isinstance(value, (list, tuple)) or not all(
-                    isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
-                raise ConfigError(f"{key} must be a list of positive integers, got {value!r}")
-            values[name] = tuple(value)
-    return cls(**values)
-
-
 def config_from_dict(data: dict) -> Config:
     """A checked :class:`Config` from nested mappings; a :class:`ConfigError` names any unknown
     or mistyped key and any value out of range."""
-    config = _build(Config, data, "")
+    config = from_dict(Config, data)
     check_config(config)
     return config
 
 
 def load_config(path: str | Path) -> Config:
     """Read a YAML configuration (keys missing from it keep their defaults)."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"no configuration file at {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from error
-    return config_from_dict(data or {})
-
-
-def config_to_dict(config: Config) -> dict:
-    return json.loads(json.dumps(dataclasses.asdict(config)))
+    config = load_yaml(Config, path)
+    check_config(config)
+    return config
 
 
 def check_config(c: Config) -> None:
@@ -254,6 +193,9 @@ def check_config(c: Config) -> None:
                 "world_model.data_collection.random_collection_steps":
                     c.world_model.data_collection.random_collection_steps,
                 "evaluation.episodes": c.evaluation.episodes}
+    positive.update({f"world_model.vae.{k}": min(getattr(c.world_model.vae, k), default=1)
+                     for k in ("hidden_dims", "channels")})
+    positive["ppo.hidden_sizes"] = min(c.ppo.hidden_sizes, default=1)
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key} must be positive, got {value}")
@@ -282,18 +224,7 @@ def memory_epochs(config: Config) -> int:
 def with_overrides(config: Config, **dotted: Any) -> Config:
     """``config`` with values replaced by dotted keys, e.g. ``{"world_model.training.imagination_ratio": 0.9}``;
     checked like a file."""
-    data = config_to_dict(config)
-    for key, value in dotted.items():
-        *parents, last = key.split(".")
-        node = data
-        for part in parents:
-            if part not in node or not isinstance(node[part], dict):
-                raise ConfigError(f"unknown configuration section {key!r}")
-            node = node[part]
-        if last not in node:
-            raise ConfigError(f"unknown configuration key {key!r}")
-        node[last] = list(value) if isinstance(value, tuple) else value
-    return config_from_dict(data)
+    return overrides(config, check_config, **dotted)
 
 
 # -- environments ------------------------------------------------------------------------------

@@ -12,10 +12,11 @@ key keeps its default; an unknown key is an error that names it.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from wmbook.config import ConfigError, from_dict, read_yaml, to_dict
 from wmbook.surgical.model import SurgicalTrainConfig, SurgicalWorldModelConfig
 from wmbook.surgical.simulator import SimulatorConfig
 
@@ -66,10 +67,9 @@ class SurgicalConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values, as the YAML file writes them (``model`` without ``embedding_dim``)."""
-        out = {f.name: asdict(getattr(self, f.name)) for f in dataclasses.fields(self)}
-        for key in ("embedding_dim", "n_actions", "n_phases"):
+        out = to_dict(self)
+        for key in FROM_DATA:
             out["model"].pop(key)
-        out["evaluation"]["horizons"] = list(out["evaluation"]["horizons"])
         return out
 
     def model_config(self, embedding_dim: int) -> SurgicalWorldModelConfig:
@@ -77,52 +77,18 @@ class SurgicalConfig:
         return dataclasses.replace(self.model, embedding_dim=embedding_dim)
 
 
-def _section(cls, values: Any, name: str, source: str):
-    if values is None:
-        return cls()
-    if not isinstance(values, Mapping):
-        raise ValueError(f"{source}: section {name!r} must be a mapping, got {type(values).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    if name == "model":
-        known -= {"embedding_dim", "n_actions", "n_phases"}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"{source}: unknown key(s) {unknown} in section {name!r}; known: {sorted(known)}")
-    values = dict(values)
-    if "horizons" in values:
-        values["horizons"] = tuple(int(k) for k in values["horizons"])
-    try:
-        return cls(**values)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{source}: section {name!r}: {error}") from error
+FROM_DATA = ("embedding_dim", "n_actions", "n_phases")  # the model's sizes: set by the data, never by a file
 
 
 def config_from_dict(values: Mapping[str, Any] | None, source: str = "config") -> SurgicalConfig:
     """A :class:`SurgicalConfig` from nested plain values; unknown sections or keys are errors."""
-    values = dict(values or {})
-    sections = {f.name: f.type for f in dataclasses.fields(SurgicalConfig)}
-    unknown = sorted(set(values) - set(sections))
-    if unknown:
-        raise ValueError(f"{source}: unknown section(s) {unknown}; known: {sorted(sections)}")
-    classes = {"data": DataConfig, "simulator": SimulatorConfig, "model": SurgicalWorldModelConfig,
-               "training": SurgicalTrainConfig, "evaluation": EvaluationConfig, "output": OutputConfig}
-    return SurgicalConfig(**{name: _section(cls, values.get(name), name, source)
-                             for name, cls in classes.items()})
+    model = (values or {}).get("model")
+    fixed = sorted(set(model) & set(FROM_DATA)) if isinstance(model, Mapping) else []
+    if fixed:
+        raise ConfigError(f"{source}: model.{fixed[0]} comes from the data and cannot be set")
+    return from_dict(SurgicalConfig, values, source=source)
 
 
 def load_config(path: str | Path | None) -> SurgicalConfig:
     """Read a YAML configuration (``None``: the defaults)."""
-    if path is None:
-        return SurgicalConfig()
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no configuration file at {path}")
-    try:
-        values = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ValueError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from error
-    if values is not None and not isinstance(values, Mapping):
-        raise ValueError(f"{path}: a configuration is a mapping of sections")
-    return config_from_dict(values, str(path))
+    return SurgicalConfig() if path is None else config_from_dict(read_yaml(path), str(path))
