@@ -226,7 +226,8 @@ class DynaPlanner:
     """
 
     def __init__(self, config: DynaConfig, dqn_config: DQNConfig, obs_dim: int, n_actions: int,
-                 device: torch.device | str = "cpu", model=None, fit: Fit | None = None):
+                 device: torch.device | str = "cpu", model=None, fit: Fit | None = None,
+                 step_fn: "DynaStep | None" = None):
         self.config, self.dqn_config, self.device = config, dqn_config, torch.device(device)
         if model is None:
             model_config = DynamicsConfig(obs_dim, n_actions, config.model_hidden_size, config.model_layers)
@@ -239,6 +240,7 @@ class DynaPlanner:
             raise TypeError(f"a {type(model).__name__} needs a fit(model, train, val, config, first) "
                             "function to be refitted")
         self.model, self.fit = model, fit or fit_dynamics
+        self.step_fn = step_fn or dyna_step  # what runs after each real step (the notebook may pass its own)
         self.generator = torch.Generator(device=self.device).manual_seed(dqn_config.seed)
         self.refits, self.imagined = 0, 0
         self.checks: list[ModelCheck] = []
@@ -294,32 +296,42 @@ class DynaPlanner:
         return act
 
     def __call__(self, step: int, agent: DQNAgent, buffer: ReplayBuffer) -> None:
-        config, batch_size = self.config, self.dqn_config.batch_size
-        if self.refits == 0 or step % config.model_every == 0:
-            self.refit(buffer, step)
-        if config.imagined_updates == 0:
-            return
-        n_branches = -(-config.imagined_updates * batch_size // config.rollout_length)
-        imagined = imagined_transitions(
-            self.imagination_model, buffer, self.policy(agent, epsilon_at(step, self.dqn_config)),
-            n_branches, config.rollout_length, config.done_threshold, self.device,
-            config.max_disagreement)
-        self.imagined += len(imagined)
-        if len(imagined) == 0:  # every branch cut at its first step: nothing to learn from
-            return
-        for _ in range(config.imagined_updates):  # minibatches drawn from the imagined pool
-            rows = torch.randint(len(imagined), (batch_size,), generator=self.generator, device=self.device)
-            agent.update(imagined.index(rows))
+        self.step_fn(self, step, agent, buffer)
+
+
+def dyna_step(planner: DynaPlanner, step: int, agent: DQNAgent, buffer: ReplayBuffer) -> None:
+    """Dyna's planning step after real step ``step``: refit the model on schedule, imagine a
+    pool of transitions from real states with the agent's own exploration, and make
+    ``imagined_updates`` DQN updates on minibatches of it. Chapter 3 shows this function and
+    hands its own copy to the runs (``train_dyna_dqn(..., step_fn=...)``)."""
+    config, batch_size = planner.config, planner.dqn_config.batch_size
+    if planner.refits == 0 or step % config.model_every == 0:
+        planner.refit(buffer, step)
+    if config.imagined_updates == 0:
+        return
+    n_branches = -(-config.imagined_updates * batch_size // config.rollout_length)
+    imagined = imagined_transitions(
+        planner.imagination_model, buffer, planner.policy(agent, epsilon_at(step, planner.dqn_config)),
+        n_branches, config.rollout_length, config.done_threshold, planner.device, config.max_disagreement)
+    planner.imagined += len(imagined)
+    if len(imagined) == 0:  # every branch cut at its first step: nothing to learn from
+        return
+    for _ in range(config.imagined_updates):  # minibatches drawn from the imagined pool
+        rows = torch.randint(len(imagined), (batch_size,), generator=planner.generator, device=planner.device)
+        agent.update(imagined.index(rows))
+
+
+DynaStep = Callable[[DynaPlanner, int, DQNAgent, ReplayBuffer], None]
 
 
 def train_dyna_dqn(dqn_config: DQNConfig, dyna_config: DynaConfig, device: torch.device | str = "cpu",
-                   progress: bool = True, model=None, fit: Fit | None = None
+                   progress: bool = True, model=None, fit: Fit | None = None, step_fn: DynaStep | None = None
                    ) -> tuple[DQNResult, DynaPlanner]:
     """Dyna-DQN: :func:`train_dqn` with a :class:`DynaPlanner` after every real step
-    (``model`` and ``fit`` as there)."""
+    (``model``, ``fit`` and ``step_fn``, by default :func:`dyna_step`, as there)."""
     env = make_env(dqn_config.env_id)  # only to read the spaces
     planner = DynaPlanner(dyna_config, dqn_config, env.observation_space.shape[0],
-                          int(env.action_space.n), device, model=model, fit=fit)
+                          int(env.action_space.n), device, model=model, fit=fit, step_fn=step_fn)
     env.close()
     return train_dqn(dqn_config, device, progress, after_step=planner), planner
 
@@ -366,7 +378,7 @@ class RunRecord:
         return float(np.mean([ret >= threshold for ret in after])) if after else float("nan")
 
 
-def run_one(spec: RunSpec, dqn: DQNConfig, dyna: DynaConfig) -> RunRecord:
+def run_one(spec: RunSpec, dqn: DQNConfig, dyna: DynaConfig, step_fn: DynaStep | None = None) -> RunRecord:
     """Train one run of DQN (``spec.imagined_updates`` 0) or Dyna-DQN under ``dqn`` and ``dyna``
     with the spec's seed and settings (Chapters 3 and 5; the job runner sets its torch threads)."""
     dqn = dataclasses.replace(dqn, seed=spec.seed, updates_per_step=spec.updates_per_step)
@@ -377,7 +389,7 @@ def run_one(spec: RunSpec, dqn: DQNConfig, dyna: DynaConfig) -> RunRecord:
                                    rollout_length=spec.rollout_length,
                                    ensemble_members=spec.ensemble_members,
                                    max_disagreement=spec.max_disagreement)
-        result, planner = train_dyna_dqn(dqn, dyna, progress=False)
+        result, planner = train_dyna_dqn(dqn, dyna, progress=False, step_fn=step_fn)
         imagined, checks = planner.imagined, planner.checks
     return RunRecord(spec, result.eval_steps, result.eval_returns, result.solved_at,
                      result.gradient_updates, imagined, result.seconds, list(checks))

@@ -18,7 +18,7 @@ from functools import partial
 from scipy.stats import trim_mean
 
 from wmbook.agents.dqn import DQNConfig
-from wmbook.agents.dyna import DynaConfig, RunRecord, RunSpec, run_one  # noqa: F401 (the chapter's names)
+from wmbook.agents.dyna import DynaConfig, DynaStep, RunRecord, RunSpec, run_one  # noqa: F401 (the chapter's names)
 from wmbook.runner import run_jobs
 from wmbook.stats import REPS, steps_to_solve
 
@@ -59,10 +59,12 @@ PROFILES = {
 
 
 def run_all(specs: list[RunSpec], dqn: DQNConfig, dyna: DynaConfig, workers: int = 2,
-            progress: bool = True) -> list[RunRecord]:
+            progress: bool = True, step_fn: DynaStep | None = None) -> list[RunRecord]:
     """Run every spec, ``workers`` at a time (in this process when ``workers`` is 1), and
-    return the records in the order of ``specs``."""
-    return run_jobs(partial(run_one, dqn=dqn, dyna=dyna), specs, workers, progress=progress)
+    return the records in the order of ``specs``. ``step_fn``: Dyna's planning step
+    (:func:`~wmbook.agents.dyna.dyna_step` by default); the chapter passes the copy defined on
+    its page, so that an edit there reaches every run."""
+    return run_jobs(partial(run_one, dqn=dqn, dyna=dyna, step_fn=step_fn), specs, workers, progress=progress)
 
 
 def tuning_specs(config: DynaChapter, shift: int = 0) -> list[RunSpec]:

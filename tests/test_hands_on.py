@@ -1,0 +1,83 @@
+"""The code a reader sees is the code that runs: a chapter's cell marked ``# source: MODULE``
+holds that module's functions exactly, and the chapter's experiments run the page's copies."""
+
+import ast
+import importlib
+import inspect
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MARKER = re.compile(r"# source: ([\w.]+)")
+
+
+def source_cells(notebook: Path):
+    """``(cell index, module name, code)`` of every cell of ``notebook`` marked as the package's."""
+    for index, cell in enumerate(json.loads(notebook.read_text())["cells"]):
+        code = "".join(cell["source"])
+        found = MARKER.match(code)
+        if cell["cell_type"] == "code" and found:
+            yield index, found.group(1), code
+
+
+def test_every_source_cell_holds_the_package_code_exactly():
+    checked = 0
+    for notebook in sorted((ROOT / "book").glob("[0-9][0-9]_*.ipynb")):
+        for index, module_name, code in source_cells(notebook):
+            module = importlib.import_module(module_name)
+            tree = ast.parse(code)
+            where = f"{notebook.name}, cell {index}"
+            others = [type(n).__name__ for n in tree.body if not isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+            assert not others, f"{where}: a source cell holds definitions only, found {others}"
+            for node in tree.body:
+                # decorators belong to the definition
+                start = min([d.lineno for d in node.decorator_list] + [node.lineno])
+                on_page = "\n".join(code.splitlines()[start - 1:node.end_lineno])
+                assert hasattr(module, node.name), f"{where}: {module_name} has no {node.name}"
+                in_package = inspect.getsource(getattr(module, node.name)).rstrip("\n")
+                assert on_page == in_package, f"{where}: {node.name} differs from {module_name}'s"
+                checked += 1
+    assert checked >= 2
+
+
+def run_edited(notebook: Path, tmp_path: Path, edit) -> Exception | None:
+    """Execute ``notebook`` on the ``ci`` profile with its source cells changed by ``edit``;
+    the error that stopped it, or None."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    from wmbook.pipeline import _environment, kernel_environment
+
+    nb = json.loads(notebook.read_text())
+    for index, _, code in source_cells(notebook):
+        nb["cells"][index]["source"] = edit(code)
+    edited = tmp_path / notebook.name
+    edited.write_text(json.dumps(nb))
+    try:
+        with _environment(kernel_environment()):
+            papermill.execute_notebook(str(edited), str(tmp_path / f"out_{notebook.name}"),
+                                       parameters={"profile": "ci", "seed": 0, "device": "cpu"},
+                                       cwd=str(tmp_path), kernel_name="python3", progress_bar=False)
+    except PapermillExecutionError as error:
+        return error
+    return None
+
+
+def test_chapter_3s_runs_use_the_dyna_step_defined_on_its_page(tmp_path):
+    """The edit makes the page's planning step fail; the failure must come back from the runs
+    (in worker processes), at the first experiment cell: the runs ran the page's copy."""
+    def edit(code):
+        body = "    config, batch_size = planner.config, planner.dqn_config.batch_size\n"
+        assert body in code
+        return code.replace(body, "    raise RuntimeError('the edited dyna_step ran')\n" + body)
+
+    notebook = ROOT / "book" / "03_dyna_dqn.ipynb"
+    error = run_edited(notebook, tmp_path, edit)
+    assert error is not None, "the runs never called the page's dyna_step"
+    assert "the edited dyna_step ran" in error.evalue
+    executed = json.loads((tmp_path / f"out_{notebook.name}").read_text())["cells"]
+    failed = next(c for c in executed if c.get("execution_count") == error.exec_count)
+    assert "run_all(" in "".join(failed["source"]), "it failed outside the experiment"
