@@ -80,9 +80,9 @@ class Outcome:
     def kept_solved(self) -> float:
         """Share of the evaluations after the first solve still at 475 or above; NaN when the
         run never solved or solved at its last evaluation."""
-        after = [r for s, r in zip(self.eval_steps, self.eval_returns)
-                 if self.solved_at is not None and s > self.solved_at]
-        return float(np.mean([r >= SOLVED for r in after])) if after else float("nan")
+        from wmbook.evaluation import kept_solved
+
+        return kept_solved(self.eval_steps, self.eval_returns, self.solved_at, SOLVED)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,8 +138,9 @@ def run_sb3(method: str, seed: int, gradient_steps: int | None, budget: int, eva
     from stable_baselines3 import DQN
     from stable_baselines3.common.callbacks import BaseCallback
 
-    from wmbook.agents import DQNConfig, evaluate_greedy, evaluation_seed
+    from wmbook.agents import DQNConfig, evaluation_seed
     from wmbook.envs import make_env
+    from wmbook.evaluation import evaluate, solved_return, stateless
 
     protocol = DQNConfig()  # Chapter 3's evaluation protocol, as our runs use it
     torch.set_num_threads(1)
@@ -154,11 +155,11 @@ def run_sb3(method: str, seed: int, gradient_steps: int | None, budget: int, eva
         def _on_step(self) -> bool:
             if self.num_timesteps % eval_every:
                 return True
-            returns = evaluate_greedy(lambda obs: self.model.predict(obs, deterministic=True)[0],
-                                      protocol.env_id, protocol.eval_episodes, evaluation_seed(seed))
+            returns = evaluate(stateless(lambda obs: self.model.predict(obs, deterministic=True)[0]),
+                               protocol.env_id, protocol.eval_episodes, evaluation_seed(seed))
             self.steps.append(self.num_timesteps)
             self.returns.append(float(returns.mean()))
-            if self.solved_at is None and returns.mean() >= protocol.solved_return:
+            if self.solved_at is None and returns.mean() >= solved_return(protocol.env_id, protocol.solved_return):
                 self.solved_at = self.num_timesteps
             return True
 

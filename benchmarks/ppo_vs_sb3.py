@@ -2,7 +2,7 @@
 
 Both learn CartPole-v1 from its state vector on the same seeds under Chapter 3's evaluation
 protocol: every ``--eval-every`` real steps the greedy policy plays 10 episodes from fixed start
-states (:func:`wmbook.agents.dqn.evaluate_greedy` from
+states (:func:`wmbook.evaluation.evaluate` from
 :func:`wmbook.agents.dqn.evaluation_seed`); a run has solved CartPole at the first evaluation
 with a mean return of at least 475. Runs go on to the full budget, and the last evaluation is
 the final return.
@@ -74,7 +74,8 @@ def run_sb3(method: str, seed: int, budget: int, eval_every: int) -> Outcome:
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
 
-    from wmbook.agents import DQNConfig, evaluate_greedy, evaluation_seed
+    from wmbook.agents import DQNConfig, evaluation_seed
+    from wmbook.evaluation import evaluate, solved_return, stateless
 
     protocol = DQNConfig()  # Chapter 3's evaluation protocol
     torch.set_num_threads(1)
@@ -88,10 +89,10 @@ def run_sb3(method: str, seed: int, budget: int, eval_every: int) -> Outcome:
         def _on_step(self) -> bool:
             if self.num_timesteps % eval_every:
                 return True
-            returns = evaluate_greedy(lambda obs: self.model.predict(obs, deterministic=True)[0],
-                                      protocol.env_id, protocol.eval_episodes, evaluation_seed(seed))
+            returns = evaluate(stateless(lambda obs: self.model.predict(obs, deterministic=True)[0]),
+                               protocol.env_id, protocol.eval_episodes, evaluation_seed(seed))
             self.last = float(returns.mean())
-            if self.solved_at is None and self.last >= protocol.solved_return:
+            if self.solved_at is None and self.last >= solved_return(protocol.env_id, protocol.solved_return):
                 self.solved_at = self.num_timesteps
             return True
 

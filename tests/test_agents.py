@@ -13,7 +13,6 @@ from wmbook.agents import (
     DQNConfig,
     DynaConfig,
     DynaPlanner,
-    evaluate_greedy,
     evaluation_seed,
     imagined_transitions,
     train_dqn,
@@ -23,6 +22,7 @@ from wmbook.agents.dqn import epsilon_at
 from wmbook.buffers import ReplayBuffer, Transitions
 from wmbook.device import seed_everything
 from wmbook.envs import collect_transitions, make_env
+from wmbook.evaluation import evaluate, stateless
 from wmbook.models import Prediction
 
 from helpers import same_weights, weights_of
@@ -143,41 +143,7 @@ def test_target_network_follows_by_polyak_averaging():
     assert not same_weights(weights_of(agent.q), weights_of(agent.target))
 
 
-# -- evaluate_greedy --------------------------------------------------------------------
-
-BALANCE = np.array([0.0, 0.0, 1.0, 0.5])
-
-
-def test_evaluate_greedy_returns_one_return_per_episode():
-    always_left = evaluate_greedy(lambda obs: np.zeros(len(obs), dtype=int), episodes=4, seed=3)
-    assert always_left.shape == (4,)
-    assert np.all((always_left >= 1) & (always_left < 500))
-    balanced = evaluate_greedy(lambda obs: (obs @ BALANCE > 0).astype(int), episodes=3, seed=3)
-    assert balanced.tolist() == [500.0] * 3  # the time limit ends each episode
-
-
-def test_evaluate_greedy_episode_i_starts_from_reset_seed_plus_i():
-    returns = evaluate_greedy(lambda obs: np.zeros(len(obs), dtype=int), episodes=3, seed=20)
-    for i in range(3):
-        env = make_env("CartPole-v1")
-        env.reset(seed=20 + i)
-        total, done = 0.0, False
-        while not done:
-            _, reward, terminated, truncated, _ = env.step(0)
-            total += reward
-            done = terminated or truncated
-        assert returns[i] == total
-    again = evaluate_greedy(lambda obs: np.zeros(len(obs), dtype=int), episodes=3, seed=20)
-    np.testing.assert_array_equal(returns, again)
-
-
-def test_evaluate_greedy_is_deterministic_for_a_stochastic_looking_policy():
-    def policy(obs):  # depends on the observations only, so equal seeds give equal returns
-        return (np.sin(1000 * obs[:, 0]) > 0).astype(int)
-
-    first = evaluate_greedy(policy, episodes=5, seed=1)
-    np.testing.assert_array_equal(first, evaluate_greedy(policy, episodes=5, seed=1))
-    assert np.all((first >= 1) & (first <= 500))
+# -- evaluation ------------------------------------------------------------------------
 
 
 def test_evaluation_seed_rule_separates_runs_and_training():
@@ -200,7 +166,7 @@ def test_every_evaluation_of_a_run_faces_the_same_starts(monkeypatch):
         seen.append((episodes, seed))
         return np.full(episodes, 10.0)
 
-    monkeypatch.setattr(dqn_module, "evaluate_greedy", recording)
+    monkeypatch.setattr(dqn_module, "evaluate", recording)
     config = dataclasses.replace(TINY, total_steps=600, eval_every=200, seed=7)
     train_dqn(config, progress=False)
     assert seen == [(config.eval_episodes, evaluation_seed(7))] * 3
@@ -216,8 +182,8 @@ def test_train_dqn_can_train_in_another_environment_and_evaluate_in_the_real_one
     result = train_dqn(config, progress=False, env=dream)
     rewards = result.buffer.all().reward
     assert len(result.buffer) == 400 and not torch.all(rewards == 1.0)  # model rewards, not CartPole's
-    real = evaluate_greedy(lambda o: result.agent.greedy(torch.as_tensor(o)).cpu().numpy(),
-                           episodes=config.eval_episodes, seed=evaluation_seed(config.seed))
+    real = evaluate(stateless(lambda o: result.agent.greedy(torch.as_tensor(o)).cpu().numpy()),
+                    episodes=config.eval_episodes, seed=evaluation_seed(config.seed))
     assert result.eval_returns == [float(real.mean())]
 
 

@@ -13,7 +13,7 @@ LAYERS = [
     ("utilities", ["wmbook.device", "wmbook.checkpoint", "wmbook.config", "wmbook.stats", "wmbook.runner", "wmbook.plotting",
                    "wmbook.policies", "wmbook.buffers"]),
     ("models", ["wmbook.models", "wmbook.models.*"]),
-    ("environments", ["wmbook.envs", "wmbook.pixels", "wmbook.rollout"]),
+    ("environments", ["wmbook.envs", "wmbook.evaluation", "wmbook.pixels", "wmbook.rollout"]),
     ("agents", ["wmbook.agents", "wmbook.agents.*"]),
     ("domains", ["wmbook.surgical", "wmbook.surgical.*"]),
     ("chapters", ["wmbook.chapters", "wmbook.chapters.ch*"]),

@@ -122,3 +122,26 @@ def test_command_line(tmp_path, capsys):
 def test_config_rejects_impossible_settings():
     with pytest.raises(ValueError, match="gamma"):
         dataclasses.replace(TINY, gamma=1.5).check()
+
+
+def test_the_greedy_policy_carries_each_episodes_state_from_its_first_step():
+    """Evaluation (wmbook.evaluation.evaluate) with Dreamer's recurrent state: is_first only at the
+    first step, every row stepped together, the same returns from the same starts."""
+    from wmbook.agents.dreamer import GreedyDreamer
+    from wmbook.evaluation import evaluate
+
+    torch.manual_seed(0)
+    agent = Dreamer(4, 2, TINY)
+    calls = []
+    act = agent.act
+
+    def spy(latent, action, obs, is_first, greedy=False):
+        calls.append((len(obs), bool(is_first.all()), bool(is_first.any())))
+        return act(latent, action, obs, is_first, greedy=greedy)
+
+    agent.act = spy
+    returns = evaluate(GreedyDreamer(agent), episodes=3, seed=11)
+    assert returns.shape == (3,) and all(1 <= r <= 500 for r in returns)
+    assert calls[0] == (3, True, True) and all(c == (3, False, False) for c in calls[1:])
+    assert len(calls) == max(returns)  # one call per step of the longest episode
+    assert evaluate(GreedyDreamer(agent), episodes=3, seed=11).tolist() == returns.tolist()

@@ -206,3 +206,27 @@ def test_m_trains_for_memory_epochs_passes_or_as_many_as_v(tmp_path, memory_epoc
     per_pass = -(-len(trainer.random_latents) // (wm.mdn_rnn.batch_size * wm.mdn_rnn.chunk_length))
     assert len(trainer.result.mdn_history["nll"]) == passes * per_pass
     assert len(trainer.result.vae_history["reconstruction"]) == wm.training.pretrain_epochs
+
+
+def test_the_controller_is_evaluated_through_v_and_m_episode_by_episode(tmp_path):
+    """The book's protocol with C's memory: V encodes every real frame, M steps on the rows that
+    acted, and the same controller from the same starts gets the same returns."""
+    from wmbook.agents.world_model_ppo import ControllerPolicy, WorldModelPPOTrainer, evaluate_controller, make_envs
+    from wmbook.evaluation import evaluate
+
+    trainer = WorldModelPPOTrainer(tiny(tmp_path))
+    steps = []
+    step = trainer.world.mdn.step
+
+    def spy(z, action, state):
+        steps.append(len(z))
+        return step(z, action, state)
+
+    trainer.world.mdn.step = spy
+    returns = evaluate_controller(trainer.world, trainer.ppo, trainer.config, 3, seed=5)
+    assert returns.shape == (3,) and all(r >= 1 for r in returns)
+    decisions = -(-max(returns) // trainer.config.env.action_repeat)  # each action is repeated
+    assert len(steps) == decisions - 1  # M steps after every action but the last
+    assert steps[0] == 3 and all(a >= b for a, b in zip(steps, steps[1:]))  # rows only drop out
+    again = evaluate(ControllerPolicy(trainer.world, trainer.ppo), lambda: make_envs(trainer.config, 1)[0], 3, 5)
+    assert again.tolist() == returns.tolist()

@@ -1,7 +1,7 @@
 """The book's agents: DQN, and Dyna-DQN, which adds updates on imagined transitions."""
 
 from wmbook.agents.dqn import (
-    DQNAgent, DQNConfig, DQNResult, evaluate_greedy, evaluation_seed, train_dqn)
+    DQNAgent, DQNConfig, DQNResult, evaluation_seed, train_dqn)
 from wmbook.agents.dyna import DynaConfig, DynaPlanner, imagined_transitions, train_dyna_dqn
 from wmbook.agents.dreamer import Dreamer, DreamerConfig, DreamerResult, lambda_returns, train_dreamer
 from wmbook.agents.ppo import PPO, BernoulliHead, CategoricalHead, PPOConfig, train_ppo
@@ -20,7 +20,6 @@ __all__ = [
     "DreamerResult",
     "DynaConfig",
     "DynaPlanner",
-    "evaluate_greedy",
     "evaluation_seed",
     "imagined_transitions",
     "lambda_returns",

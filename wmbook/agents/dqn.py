@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from wmbook.buffers import ReplayBuffer, Transitions
 from wmbook.device import to_device
 from wmbook.envs import buffer_for, make_env
+from wmbook.evaluation import evaluate, record, solved_return, stateless
 from wmbook.models.layers import mlp
 
 
@@ -48,7 +49,7 @@ class DQNConfig:
     n_layers: int = 2
     eval_every: int = 1_000          # real steps between greedy evaluations
     eval_episodes: int = 10
-    solved_return: float = 475.0     # "solved": an evaluation whose mean return reaches this
+    solved_return: float | None = None  # "solved": a mean return of this; None: the task's reward_threshold
     stop_when_solved: bool = False   # end the run at the first solved evaluation
     env_id: str = "CartPole-v1"
     seed: int = 0
@@ -114,25 +115,6 @@ def evaluation_seed(run_seed: int) -> int:
     """Seed of the first evaluation episode of a run: far from the training seeds, fixed per
     run, so every evaluation of a run (and of every method on that seed) faces the same starts."""
     return 10_000 * (run_seed + 1)
-
-
-def evaluate_greedy(policy: Callable[[np.ndarray], np.ndarray], env_id: str = "CartPole-v1",
-                    episodes: int = 10, seed: int = 0) -> np.ndarray:
-    """Returns of ``episodes`` greedy episodes, run side by side; ``policy`` maps observations
-    ``(n, obs_dim)`` to actions ``(n,)``. Episode ``i`` starts from ``reset(seed=seed + i)``,
-    so every evaluation (and every method) faces the same start states."""
-    envs = [gym.make(env_id) for _ in range(episodes)]
-    obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)])
-    returns, running = np.zeros(episodes), np.ones(episodes, dtype=bool)
-    while running.any():
-        actions = np.asarray(policy(obs[running]))
-        for action, i in zip(actions, np.flatnonzero(running)):
-            obs[i], reward, terminated, truncated, _ = envs[i].step(int(action))
-            returns[i] += reward
-            running[i] = not (terminated or truncated)
-    for env in envs:
-        env.close()
-    return returns
 
 
 @dataclass
@@ -201,15 +183,12 @@ def train_dqn(config: DQNConfig, device: torch.device | str = "cpu", progress: b
                 after_step(step, agent, buffer)
 
         if (step + 1) % config.eval_every == 0:
-            returns = evaluate_greedy(lambda o: agent.greedy(torch.as_tensor(o)).cpu().numpy(),
-                                      config.env_id, config.eval_episodes, evaluation_seed(config.seed))
-            result.eval_steps.append(step + 1)
-            result.eval_returns.append(float(returns.mean()))
+            returns = evaluate(stateless(lambda o: agent.greedy(torch.as_tensor(o)).cpu().numpy()),
+                               config.env_id, config.eval_episodes, evaluation_seed(config.seed))
             bar.set_postfix(eval=f"{returns.mean():.0f}")
-            if result.solved_at is None and returns.mean() >= config.solved_return:
-                result.solved_at = step + 1
-                if config.stop_when_solved:
-                    break
+            if record(result, step + 1, returns, solved_return(config.env_id, config.solved_return)) \
+                    and config.stop_when_solved:
+                break
     bar.close()
     result.seconds = time.perf_counter() - started
     return result

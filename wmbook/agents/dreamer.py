@@ -40,6 +40,7 @@ from wmbook.buffers import SequenceBatch, SequenceBuffer
 from wmbook.checkpoint import load_checkpoint, save_checkpoint, write_json
 from wmbook.device import pick_device, to_device
 from wmbook.envs import make_env
+from wmbook.evaluation import evaluate, record, solved_return
 from wmbook.models.base import latent_detach
 from wmbook.models.rssm import RSSM, RSSMConfig, RSSMState, TwoHot, block, zero_init
 from wmbook.rollout import imagine
@@ -97,7 +98,7 @@ class DreamerConfig:
     # evaluation (Chapter 3's protocol) and bookkeeping
     eval_every: int = 1_000
     eval_episodes: int = 10
-    solved_return: float = 475.0
+    solved_return: float | None = None  # None: the task's reward_threshold
     stop_when_solved: bool = False
     checkpoint_every: int = 2_000    # real steps between checkpoints (at episode ends)
 
@@ -325,27 +326,28 @@ class Dreamer(nn.Module):
 # -- evaluation -------------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def evaluate_dreamer(agent: Dreamer, env_id: str = "CartPole-v1", episodes: int = 10, seed: int = 0) -> np.ndarray:
-    """Returns of ``episodes`` greedy episodes run side by side, episode ``i`` from
-    ``reset(seed=seed + i)``: Chapter 3's protocol, with the recurrent state carried per row."""
-    envs = [gym.make(env_id) for _ in range(episodes)]
-    obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]).astype(np.float32)
-    returns, running = np.zeros(episodes), np.ones(episodes, dtype=bool)
-    latent, action = None, None
-    is_first = torch.ones(episodes, dtype=torch.bool, device=agent.device)
-    while running.any():
-        obs_t = to_device(torch.as_tensor(obs), agent.device)
-        action, latent = agent.act(latent, action, obs_t, is_first, greedy=True)
-        is_first = torch.zeros_like(is_first)
-        chosen = action.cpu().numpy()
-        for i in np.flatnonzero(running):
-            obs[i], reward, terminated, truncated, _ = envs[i].step(int(chosen[i]))
-            returns[i] += reward
-            running[i] = not (terminated or truncated)
-    for env in envs:
-        env.close()
-    return returns
+class GreedyDreamer:
+    """Dreamer's greedy policy for :func:`~wmbook.evaluation.evaluate`: the recurrent state is
+    carried for every episode, and every row steps together (a finished episode's row keeps its
+    last observation), so that a row's actions do not depend on when the others end."""
+
+    def __init__(self, agent: Dreamer):
+        self.agent = agent
+
+    @torch.no_grad()
+    def reset(self, first_obs: np.ndarray) -> None:
+        self.obs = np.asarray(first_obs, dtype=np.float32).copy()
+        self.latent, self.action = None, None
+        self.is_first = torch.ones(len(first_obs), dtype=torch.bool, device=self.agent.device)
+
+    @torch.no_grad()
+    def __call__(self, obs: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        if self.latent is not None:  # the rows' new observations (the first step has them already)
+            self.obs[rows] = obs
+        obs_t = to_device(torch.as_tensor(self.obs), self.agent.device)
+        self.action, self.latent = self.agent.act(self.latent, self.action, obs_t, self.is_first, greedy=True)
+        self.is_first = torch.zeros_like(self.is_first)
+        return self.action.cpu().numpy()[rows]
 
 
 # -- the training loop --------------------------------------------------------------------------
@@ -512,12 +514,9 @@ def train_dreamer(config: DreamerConfig, device: torch.device | str = "cpu", pro
                     result.history.setdefault(key, []).append(value)
 
         if step % config.eval_every == 0:
-            returns = evaluate_dreamer(agent, config.env_id, config.eval_episodes, evaluation_seed(config.seed))
-            result.eval_steps.append(step)
-            result.eval_returns.append(float(returns.mean()))
+            returns = evaluate(GreedyDreamer(agent), config.env_id, config.eval_episodes, evaluation_seed(config.seed))
             bar.set_postfix(eval=f"{returns.mean():.0f}")
-            if result.solved_at is None and returns.mean() >= config.solved_return:
-                result.solved_at = step
+            record(result, step, returns, solved_return(config.env_id, config.solved_return))
         bar.update(1)
 
         if terminated or truncated:

@@ -35,6 +35,7 @@ from wmbook.agents.dqn import DQNAgent, DQNConfig, DQNResult, epsilon_at, train_
 from wmbook.buffers import ReplayBuffer, Transitions
 from wmbook.device import to_device
 from wmbook.envs import make_env
+from wmbook.evaluation import kept_solved
 from wmbook.models.dynamics import DynamicsConfig, DynamicsModel, TrainConfig, train_dynamics
 from wmbook.models.base import as_world_model, model_device
 from wmbook.models.ensemble import DynamicsEnsemble, train_ensemble
@@ -373,9 +374,7 @@ class RunRecord:
     def kept_solved(self, threshold: float) -> float:
         """Share of the evaluations after the first solve that still reach ``threshold``; NaN
         when the run never solved or solved at its last evaluation."""
-        after = [ret for step, ret in zip(self.eval_steps, self.eval_returns)
-                 if self.solved_at is not None and step > self.solved_at]
-        return float(np.mean([ret >= threshold for ret in after])) if after else float("nan")
+        return kept_solved(self.eval_steps, self.eval_returns, self.solved_at, threshold)
 
 
 def run_one(spec: RunSpec, dqn: DQNConfig, dyna: DynaConfig, step_fn: DynaStep | None = None) -> RunRecord:

@@ -261,7 +261,7 @@ class PPOConfig:
     seed: int = 0
     eval_every: int = 0            # real steps between greedy evaluations (0: none)
     eval_episodes: int = 10
-    solved_return: float = 475.0
+    solved_return: float | None = None  # None: the task's reward_threshold
     stop_when_solved: bool = False  # end training at the first evaluation that solves the task
 
     def __post_init__(self) -> None:
@@ -374,11 +374,12 @@ def train_ppo(config: PPOConfig, device: torch.device | str = "cpu", progress: b
     ``eval_every`` real steps (counted over all environments; a multiple of ``num_envs``),
     ``evaluate(policy)`` is called with the greedy policy (observations ``(n, obs_dim)`` ->
     actions ``(n,)``) and must return the episode returns; by default Chapter 3's protocol
-    (:func:`wmbook.agents.dqn.evaluate_greedy` from :func:`~wmbook.agents.dqn.evaluation_seed`).
+    (:func:`wmbook.evaluation.evaluate` from :func:`~wmbook.agents.dqn.evaluation_seed`).
     """
     from tqdm.auto import tqdm
 
-    from wmbook.agents.dqn import evaluate_greedy, evaluation_seed
+    from wmbook.agents.dqn import evaluation_seed
+    from wmbook.evaluation import evaluate as play, record, solved_return, stateless
 
     c = config
     started = time.perf_counter()
@@ -388,7 +389,7 @@ def train_ppo(config: PPOConfig, device: torch.device | str = "cpu", progress: b
         env.action_space.seed(c.seed + i)
     obs_dim = int(np.prod(envs[0].observation_space.shape))
     ppo = PPO(obs_dim, head_for(envs[0].action_space), c, device)
-    evaluate = evaluate or (lambda policy: evaluate_greedy(policy, c.env_id, c.eval_episodes, evaluation_seed(c.seed)))
+    evaluate = evaluate or (lambda policy: play(stateless(policy), c.env_id, c.eval_episodes, evaluation_seed(c.seed)))
     if c.eval_every and c.eval_every % c.num_envs:
         raise ValueError(f"eval_every ({c.eval_every}) must be a multiple of num_envs ({c.num_envs})")
 
@@ -429,13 +430,9 @@ def train_ppo(config: PPOConfig, device: torch.device | str = "cpu", progress: b
             steps += N
             bar.update(N)
             if c.eval_every and steps % c.eval_every == 0:
-                returns = evaluate(greedy)
-                result.eval_steps.append(steps)
-                result.eval_returns.append(float(np.mean(returns)))
-                if result.solved_at is None and np.mean(returns) >= c.solved_return:
-                    result.solved_at = steps
-                    if c.stop_when_solved:
-                        break
+                if record(result, steps, evaluate(greedy), solved_return(c.env_id, c.solved_return)) \
+                        and c.stop_when_solved:
+                    break
         if c.stop_when_solved and result.solved_at is not None:
             break
         advantages, returns = compute_gae(buf_rew, buf_val, buf_next_val, buf_term, buf_end, c.gamma, c.gae_lambda)

@@ -55,6 +55,7 @@ from wmbook.agents.dqn import evaluation_seed
 from wmbook.agents.ppo import PPO, Batch, PPOConfig, compute_gae, head_for
 from wmbook.buffers import SequenceBuffer
 from wmbook.envs import set_cartpole_state
+from wmbook.evaluation import evaluate
 from wmbook.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from wmbook.config import ConfigError, from_dict, load_yaml, to_dict as config_to_dict, with_overrides as overrides
 from wmbook.models.mdn_rnn import (MDNHistory, MDNRNN, MDNRNNConfig, VisionMemoryModel, VMLatent, latent_buffer,
@@ -759,37 +760,45 @@ class WorldModelPPOTrainer:
         return (self.result.real_steps // every + 1) * every
 
 
-@torch.no_grad()
+class ControllerPolicy:
+    """C acting in the real pixel environment through V and M, for
+    :func:`~wmbook.evaluation.evaluate`: V encodes each frame, C acts on ``[z, h]``, and M's
+    state moves on with the action, per episode."""
+
+    def __init__(self, world: VisionMemoryModel, ppo: PPO, greedy: bool = True):
+        self.world, self.ppo, self.greedy = world, ppo, greedy
+        self.device = next(ppo.net.parameters()).device
+
+    @torch.no_grad()
+    def reset(self, first_frames: np.ndarray) -> None:
+        fresh = self.world.initial_state(len(first_frames), self.device)
+        self.latent = VMLatent(self.encode(first_frames), fresh.h, fresh.c)
+        self.last: tuple[torch.Tensor, VMLatent, torch.Tensor] | None = None  # rows, their state, action
+
+    def encode(self, frames: np.ndarray) -> torch.Tensor:
+        return self.world.vae.encode(torch.as_tensor(frames, device=self.device))
+
+    @torch.no_grad()
+    def __call__(self, frames: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        index = torch.as_tensor(rows, device=self.device)
+        if self.last is not None:  # M steps on the last action; V encodes the frame it led to
+            acted, before, action = self.last
+            _, (h, cell) = self.world.mdn.step(before.z, action, (before.h, before.c))
+            z = self.latent.z.index_put((index,), self.encode(frames))
+            self.latent = VMLatent(z, self.latent.h.index_put((acted,), h), self.latent.c.index_put((acted,), cell))
+        now = VMLatent(*(x[index] for x in self.latent))
+        action = self.ppo.net.act(self.world.features(now), self.ppo.generator, greedy=self.greedy)[0]
+        self.last = (index, now, action)
+        return action.cpu().numpy()
+
+
 def evaluate_controller(world: VisionMemoryModel, ppo: PPO, config: Config, episodes: int,
                         seed: int | None = None, greedy: bool = True) -> np.ndarray:
-    """Returns of ``episodes`` episodes of the controller in the real pixel environment, side by
-    side; episode ``i`` starts from ``reset(seed=evaluation_seed(config.seed) + i)``."""
+    """Returns of ``episodes`` episodes of the controller in the real pixel environment (the
+    book's protocol, :func:`~wmbook.evaluation.evaluate`), episode ``i`` from
+    ``reset(seed=evaluation_seed(config.seed) + i)``."""
     seed = evaluation_seed(config.seed) if seed is None else seed
-    device = next(ppo.net.parameters()).device
-    envs = make_envs(config, episodes)
-    frames = [env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]
-    z = world.vae.encode(torch.as_tensor(np.stack(frames), device=device))
-    fresh = world.initial_state(episodes, device)
-    latent = VMLatent(z, fresh.h, fresh.c)
-    returns, running = np.zeros(episodes), np.ones(episodes, dtype=bool)
-    while running.any():
-        rows = np.flatnonzero(running)
-        index = torch.as_tensor(rows, device=device)
-        sub = VMLatent(*(x[index] for x in latent))
-        action = ppo.net.act(world.features(sub), ppo.generator, greedy=greedy)[0]
-        frames = []
-        for a, i in zip(action.tolist(), rows):
-            frame, reward, terminated, truncated, _ = envs[i].step(int(a))
-            returns[i] += reward
-            running[i] = not (terminated or truncated)
-            frames.append(frame)
-        z = world.vae.encode(torch.as_tensor(np.stack(frames), device=device))
-        _, (h, cell) = world.mdn.step(sub.z, action, (sub.h, sub.c))
-        latent = VMLatent(latent.z.index_put((index,), z), latent.h.index_put((index,), h),
-                          latent.c.index_put((index,), cell))
-    for env in envs:
-        env.close()
-    return returns
+    return evaluate(ControllerPolicy(world, ppo, greedy), lambda: make_envs(config, 1)[0], episodes, seed)
 
 
 # -- a controller trained wholly in the dream ------------------------------------------------------

@@ -97,6 +97,7 @@ from tqdm.auto import tqdm
 
 from wmbook.agents.world_model_ppo import (Config, DreamResult, WorldModelPPOTrainer, collect_random,
                                            memory_epochs, train_in_dream, with_overrides)
+from wmbook.evaluation import solved_return
 from wmbook.models.mdn_rnn import MDNRNN, latent_buffer, train_mdn_rnn
 from wmbook.runner import Jobs, run_jobs, start_jobs
 
@@ -596,7 +597,7 @@ def check_pretraining(trainer: WorldModelPPOTrainer, held: Heldout) -> Pretraini
                             heldout_nll(trainer.mdn, held.latents, seed=trainer.config.seed))
 
 
-SOLVED = 475.0  # CartPole-v1's threshold, on the mean greedy return
+SOLVED = solved_return("CartPole-v1")  # the task's threshold (475), on the mean greedy return
 
 
 def diagnose(record: SeedRecord, ratio: float) -> str:
@@ -704,7 +705,7 @@ def plot_ratio_curves(records: list[SeedRecord], ratios: tuple[float, ...], wind
             curves = np.array(curves)
             line, = ax.plot(xs, curves.mean(0), label=f"imagination ratio {ratio:g}")
             ax.fill_between(xs, curves.min(0), curves.max(0), color=line.get_color(), alpha=0.2)
-    ax.axhline(475, color="grey", ls=":", lw=1)
+    ax.axhline(SOLVED, color="grey", ls=":", lw=1)
     ax.set_xlabel("real controller steps")
     ax.set_ylabel(f"training return ({window}-episode mean)")
     ax.legend(fontsize=8)
