@@ -65,18 +65,31 @@ def run_edited(notebook: Path, tmp_path: Path, edit) -> Exception | None:
     return None
 
 
+def assert_runs_fail_with_the_edit(notebook: Path, tmp_path: Path, edit, message: str) -> None:
+    """The edit makes the page's method fail; the failure must come back from the runs (in
+    worker processes), at the experiment cell: the runs ran the page's copy."""
+    error = run_edited(notebook, tmp_path, edit)
+    assert error is not None, "the runs never called the page's copy"
+    assert message in error.evalue
+    executed = json.loads((tmp_path / f"out_{notebook.name}").read_text())["cells"]
+    failed = next(c for c in executed if c.get("execution_count") == error.exec_count)
+    assert "run_all(" in "".join(failed["source"]), "it failed outside the experiment"
+
+
 def test_chapter_3s_runs_use_the_dyna_step_defined_on_its_page(tmp_path):
-    """The edit makes the page's planning step fail; the failure must come back from the runs
-    (in worker processes), at the first experiment cell: the runs ran the page's copy."""
     def edit(code):
         body = "    config, batch_size = planner.config, planner.dqn_config.batch_size\n"
         assert body in code
         return code.replace(body, "    raise RuntimeError('the edited dyna_step ran')\n" + body)
 
-    notebook = ROOT / "book" / "03_dyna_dqn.ipynb"
-    error = run_edited(notebook, tmp_path, edit)
-    assert error is not None, "the runs never called the page's dyna_step"
-    assert "the edited dyna_step ran" in error.evalue
-    executed = json.loads((tmp_path / f"out_{notebook.name}").read_text())["cells"]
-    failed = next(c for c in executed if c.get("execution_count") == error.exec_count)
-    assert "run_all(" in "".join(failed["source"]), "it failed outside the experiment"
+    assert_runs_fail_with_the_edit(ROOT / "book" / "03_dyna_dqn.ipynb", tmp_path, edit, "the edited dyna_step ran")
+
+
+def test_chapter_5s_runs_use_the_dreamer_update_defined_on_its_page(tmp_path):
+    def edit(code):
+        body = "    c, wm = agent.config, agent.world_model\n"
+        assert body in code
+        return code.replace(body, "    raise RuntimeError('the edited dreamer_update ran')\n" + body)
+
+    assert_runs_fail_with_the_edit(ROOT / "book" / "05_dreamer_rssm.ipynb", tmp_path, edit,
+                                   "the edited dreamer_update ran")

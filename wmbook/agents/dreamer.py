@@ -28,6 +28,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import gymnasium as gym
 import numpy as np
@@ -228,9 +229,11 @@ class Critic(nn.Module):
 class Dreamer(nn.Module):
     """The world model, the actor, the critic and its slow copy, with their optimisers."""
 
-    def __init__(self, obs_dim: int, n_actions: int, config: DreamerConfig, device: torch.device | str = "cpu"):
+    def __init__(self, obs_dim: int, n_actions: int, config: DreamerConfig, device: torch.device | str = "cpu",
+                 update_fn: "UpdateFn | None" = None):
         super().__init__()
         self.config, self.n_actions = config, n_actions
+        self.update_fn = update_fn or dreamer_update  # what one update does (the notebook may pass its own)
         self.world_model = RSSM(config.model_config(obs_dim, n_actions))
         feat = self.world_model.config.feature_size
         self.actor = Actor(feat, n_actions, config.ac_hidden, config.unimix)
@@ -262,65 +265,77 @@ class Dreamer(nn.Module):
         feat = self.world_model.features(latent)
         return (self.actor.greedy(feat) if greedy else self.actor.sample(feat)), latent
 
-    def _step(self, optimiser: torch.optim.Optimizer, loss: torch.Tensor, params) -> None:
+    def optimise(self, optimiser: torch.optim.Optimizer, loss: torch.Tensor, params) -> None:
+        """One gradient step of ``optimiser`` on ``loss``, the gradient norm clipped to ``grad_clip``."""
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(params, self.config.grad_clip)
         optimiser.step()
 
     def update(self, batch: SequenceBatch, env_step: int = -1) -> dict[str, float]:
-        """One world-model update (steps 2-7), then imagination and one actor-critic update.
+        """One update of world model, actor and critic: ``self.update_fn`` (by default
+        :func:`dreamer_update`)."""
+        return self.update_fn(self, batch, env_step)
 
-        ``batch`` holds chunks ``(B, T, ...)`` on the agent's device. Returns the losses as
-        floats; a non-finite world-model loss raises ``FloatingPointError`` naming the step.
-        """
-        c, wm = self.config, self.world_model
-        # -- steps 2-6: encode and filter, sequence model, decode and predict, losses, sum
-        losses, posteriors = wm.loss(batch.float_obs(), batch.action, batch.reward, batch.terminated,
-                                     batch.is_first)
-        if not torch.isfinite(losses.total):
-            parts = ", ".join(f"{k} {v:.4g}" for k, v in losses.as_floats().items())
-            raise FloatingPointError(f"world-model loss is not finite at environment step {env_step} "
-                                     f"(update {self.updates + 1}): {parts}")
-        # -- step 7: optimise encoder, GRU, prior, posterior, decoder and predictors
-        self._step(self.model_opt, losses.total, wm.parameters())
 
-        # -- imagination: every posterior state of the batch starts a trajectory
-        start = latent_detach(RSSMState(posteriors.h.flatten(0, 1), posteriors.z.flatten(0, 1)))
-        if 0 < c.imagine_starts < start.h.shape[0]:  # a random subset, to save compute
-            keep = torch.randperm(start.h.shape[0], device=start.h.device)[:c.imagine_starts]
-            start = RSSMState(start.h[keep], start.z[keep])
-        wm.requires_grad_(False)  # the actor-critic update must not train the world model
-        rollout = imagine(wm, None, c.horizon, policy=self.actor.sample, start_latent=start)
-        wm.requires_grad_(True)
-        feat = rollout.features.detach()                    # (N, H + 1, F)
-        with torch.no_grad():
-            start_cont = wm.continuation(feat[:, 0])
-            # the weight of state t: the probability that the trajectory reaches it
-            reach = torch.cumprod(torch.cat([start_cont[:, None], rollout.continuations[:, :-1]], 1), 1)
-            bootstrap = (self.slow_critic if c.slow_critic else self.critic)(feat)  # (N, H + 1)
-            lam = c.lam if c.lambda_returns else 0.0
-            returns = lambda_returns(rollout.rewards, bootstrap, rollout.continuations, c.gamma, lam)
-            scale = self.return_scale.update(returns) if c.return_norm else torch.ones(())
-            advantage = (returns - self.critic(feat[:, :-1])) / scale
+def dreamer_update(agent: Dreamer, batch: SequenceBatch, env_step: int = -1) -> dict[str, float]:
+    """One world-model update (steps 2-7), then imagination and one actor-critic update.
 
-        # -- actor: REINFORCE on imagined actions, with an entropy bonus
-        log_probs = self.actor.log_probs(feat[:, :-1])      # (N, H, n_actions)
-        taken = log_probs.gather(-1, rollout.actions.long().unsqueeze(-1)).squeeze(-1)
-        entropy = -(log_probs.exp() * log_probs).sum(-1)
-        actor_loss = -(reach * (taken * advantage + c.entropy * entropy)).mean()
-        self._step(self.actor_opt, actor_loss, self.actor.parameters())
+    ``batch`` holds chunks ``(B, T, ...)`` on the agent's device. Returns the losses as
+    floats; a non-finite world-model loss raises ``FloatingPointError`` naming the step. Chapter
+    5 shows this function and hands its own copy to the runs (``train_dreamer(...,
+    update_fn=...)``).
+    """
+    c, wm = agent.config, agent.world_model
+    # -- steps 2-6: encode and filter, sequence model, decode and predict, losses, sum
+    losses, posteriors = wm.loss(batch.float_obs(), batch.action, batch.reward, batch.terminated,
+                                 batch.is_first)
+    if not torch.isfinite(losses.total):
+        parts = ", ".join(f"{k} {v:.4g}" for k, v in losses.as_floats().items())
+        raise FloatingPointError(f"world-model loss is not finite at environment step {env_step} "
+                                 f"(update {agent.updates + 1}): {parts}")
+    # -- step 7: optimise encoder, GRU, prior, posterior, decoder and predictors
+    agent.optimise(agent.model_opt, losses.total, wm.parameters())
 
-        # -- critic: regress the lambda-returns; the slow critic trails it
-        critic_loss = (reach * self.critic.loss(feat[:, :-1], returns)).mean()
-        self._step(self.critic_opt, critic_loss, self.critic.parameters())
-        with torch.no_grad():
-            torch._foreach_lerp_(list(self.slow_critic.parameters()), list(self.critic.parameters()),
-                                 c.slow_critic_rate)
-        self.updates += 1
-        return {**losses.as_floats(), "actor": float(actor_loss.detach()), "critic": float(critic_loss.detach()),
-                "entropy": float(entropy.detach().mean()), "return_scale": float(scale),
-                "imagined_return": float(returns[:, 0].mean())}
+    # -- imagination: every posterior state of the batch starts a trajectory
+    start = latent_detach(RSSMState(posteriors.h.flatten(0, 1), posteriors.z.flatten(0, 1)))
+    if 0 < c.imagine_starts < start.h.shape[0]:  # a random subset, to save compute
+        keep = torch.randperm(start.h.shape[0], device=start.h.device)[:c.imagine_starts]
+        start = RSSMState(start.h[keep], start.z[keep])
+    wm.requires_grad_(False)  # the actor-critic update must not train the world model
+    rollout = imagine(wm, None, c.horizon, policy=agent.actor.sample, start_latent=start)
+    wm.requires_grad_(True)
+    feat = rollout.features.detach()                    # (N, H + 1, F)
+    with torch.no_grad():
+        start_cont = wm.continuation(feat[:, 0])
+        # the weight of state t: the probability that the trajectory reaches it
+        reach = torch.cumprod(torch.cat([start_cont[:, None], rollout.continuations[:, :-1]], 1), 1)
+        bootstrap = (agent.slow_critic if c.slow_critic else agent.critic)(feat)  # (N, H + 1)
+        lam = c.lam if c.lambda_returns else 0.0
+        returns = lambda_returns(rollout.rewards, bootstrap, rollout.continuations, c.gamma, lam)
+        scale = agent.return_scale.update(returns) if c.return_norm else torch.ones(())
+        advantage = (returns - agent.critic(feat[:, :-1])) / scale
+
+    # -- actor: REINFORCE on imagined actions, with an entropy bonus
+    log_probs = agent.actor.log_probs(feat[:, :-1])      # (N, H, n_actions)
+    taken = log_probs.gather(-1, rollout.actions.long().unsqueeze(-1)).squeeze(-1)
+    entropy = -(log_probs.exp() * log_probs).sum(-1)
+    actor_loss = -(reach * (taken * advantage + c.entropy * entropy)).mean()
+    agent.optimise(agent.actor_opt, actor_loss, agent.actor.parameters())
+
+    # -- critic: regress the lambda-returns; the slow critic trails it
+    critic_loss = (reach * agent.critic.loss(feat[:, :-1], returns)).mean()
+    agent.optimise(agent.critic_opt, critic_loss, agent.critic.parameters())
+    with torch.no_grad():
+        torch._foreach_lerp_(list(agent.slow_critic.parameters()), list(agent.critic.parameters()),
+                             c.slow_critic_rate)
+    agent.updates += 1
+    return {**losses.as_floats(), "actor": float(actor_loss.detach()), "critic": float(critic_loss.detach()),
+            "entropy": float(entropy.detach().mean()), "return_scale": float(scale),
+            "imagined_return": float(returns[:, 0].mean())}
+
+
+UpdateFn = Callable[[Dreamer, SequenceBatch, int], dict]
 
 
 # -- evaluation -------------------------------------------------------------------------------
@@ -430,7 +445,7 @@ def _config_from(data: dict) -> DreamerConfig:
 
 def train_dreamer(config: DreamerConfig, device: torch.device | str = "cpu", progress: bool = True,
                   checkpoint: str | Path | None = None, resume: str | Path | None = None,
-                  stop_at: int | None = None) -> DreamerResult:
+                  stop_at: int | None = None, update_fn: "UpdateFn | None" = None) -> DreamerResult:
     """Train Dreamer on ``config.env_id`` for ``config.total_steps`` real steps.
 
     The greedy policy is evaluated every ``eval_every`` real steps (Chapter 3's protocol).
@@ -438,7 +453,8 @@ def train_dreamer(config: DreamerConfig, device: torch.device | str = "cpu", pro
     ``checkpoint_every`` steps and at the end; ``resume`` continues a saved run (its own config;
     ``config.total_steps`` may extend it) to exactly the result the run would have reached
     uninterrupted. ``stop_at`` ends the run at the first checkpoint at or after that step, as
-    an interruption would.
+    an interruption would. ``update_fn``: one update of the agent (:func:`dreamer_update` by
+    default).
     """
     config.check()
     device = torch.device(device)
@@ -456,7 +472,7 @@ def train_dreamer(config: DreamerConfig, device: torch.device | str = "cpu", pro
         config = dataclasses.replace(_config_from(saved["config"]), total_steps=config.total_steps)
     with torch.random.fork_rng(devices=[]):  # the initial weights depend on config.seed alone
         torch.manual_seed(config.seed)
-        agent = Dreamer(obs_dim, n_actions, config, device)
+        agent = Dreamer(obs_dim, n_actions, config, device, update_fn)
     torch.manual_seed(config.seed + 1)  # sampling during collection and imagination
     buffer = SequenceBuffer.for_spaces(env.observation_space, env.action_space, config.buffer_size, seed=config.seed)
     result = DreamerResult(agent, buffer)

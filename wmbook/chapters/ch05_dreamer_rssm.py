@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from wmbook.agents.dqn import DQNConfig
-from wmbook.agents.dreamer import Dreamer, DreamerConfig, train_dreamer
+from wmbook.agents.dreamer import Dreamer, DreamerConfig, UpdateFn, train_dreamer
 from wmbook.agents.dyna import DynaConfig, RunSpec, run_one as run_chapter3
 from wmbook.runner import run_jobs
 from wmbook.stats import aggregate, probability_of_improvement
@@ -120,9 +120,10 @@ def spec_config(spec: DreamerSpec, agent: DreamerConfig) -> DreamerConfig:
     return dataclasses.replace(agent, **changes)
 
 
-def run_dreamer(spec: DreamerSpec, agent: DreamerConfig) -> DreamerRecord:
-    """Train one Dreamer run on the CPU (the job runner sets its torch threads)."""
-    result = train_dreamer(spec_config(spec, agent), progress=False)
+def run_dreamer(spec: DreamerSpec, agent: DreamerConfig, update_fn: UpdateFn | None = None) -> DreamerRecord:
+    """Train one Dreamer run on the CPU (the job runner sets its torch threads); ``update_fn``:
+    one update of the agent (:func:`~wmbook.agents.dreamer.dreamer_update` by default)."""
+    result = train_dreamer(spec_config(spec, agent), progress=False, update_fn=update_fn)
     weights = {k: v.cpu() for k, v in result.agent.state_dict().items()} if spec.keep_weights else None
     return DreamerRecord(spec, result.eval_steps, result.eval_returns, result.solved_at, result.env_steps,
                          result.gradient_updates, result.imagined_steps, result.seconds,
@@ -132,15 +133,16 @@ def run_dreamer(spec: DreamerSpec, agent: DreamerConfig) -> DreamerRecord:
 def _run(job):
     kind, spec, configs = job
     if kind == "dreamer":
-        return run_dreamer(spec, configs[0])
+        return run_dreamer(spec, *configs)
     return run_chapter3(spec, *configs)
 
 
 def run_all(dreamer_specs: list[DreamerSpec], baseline_specs: list[RunSpec], config: DreamerChapter,
-            progress: bool = True) -> tuple[list[DreamerRecord], list]:
+            progress: bool = True, update_fn: UpdateFn | None = None) -> tuple[list[DreamerRecord], list]:
     """Run every spec, ``config.workers`` at a time (in this process when 1); return the Dreamer
-    records and Chapter 3's records, each in the order of their specs."""
-    jobs = [("dreamer", spec, (config.agent,)) for spec in dreamer_specs]
+    records and Chapter 3's records, each in the order of their specs. ``update_fn``: Dreamer's
+    update (the chapter passes the copy defined on its page, so that an edit reaches every run)."""
+    jobs = [("dreamer", spec, (config.agent, update_fn)) for spec in dreamer_specs]
     jobs += [("chapter3", spec, (config.dqn, config.dyna)) for spec in baseline_specs]
     # longest first, so two workers finish together
     order = sorted(range(len(jobs)), key=lambda i: jobs[i][0] != "dreamer")
