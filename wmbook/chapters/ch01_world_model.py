@@ -1,6 +1,6 @@
 """Chapter 1, a neural world model of CartPole: its budgets.
 
-:class:`~wmbook.models.dynamics.ModelRecipe` is how the chapter trains its world model on
+:class:`~wmbook.models.recipe.ModelRecipe` is how the chapter trains its world model on
 random-policy data; Chapter 2 reuses it to study that very model.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from wmbook.models.dynamics import CI_EXERCISE_RECIPE, CI_RECIPE, EXERCISE_RECIPE, FULL_RECIPE, ModelRecipe
+from wmbook.models.recipe import CI_EXERCISE_RECIPE, CI_RECIPE, EXERCISE_RECIPE, FULL_RECIPE, ModelRecipe
 
 
 @dataclass(frozen=True)

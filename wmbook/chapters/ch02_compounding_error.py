@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from wmbook.models.dynamics import CI_EXERCISE_RECIPE, CI_RECIPE, EXERCISE_RECIPE, FULL_RECIPE, ModelRecipe
+from wmbook.models.recipe import CI_EXERCISE_RECIPE, CI_RECIPE, EXERCISE_RECIPE, FULL_RECIPE, ModelRecipe
 
 
 @dataclass(frozen=True)
