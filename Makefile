@@ -38,7 +38,7 @@ lock:
 	rm -rf .venv-lock
 
 book: setup
-	$(PY) -m wmbook all --profile $(PROFILE) --seed $(SEED)
+	$(PY) -m bookbuild all --profile $(PROFILE) --seed $(SEED)
 
 test: setup
 	$(PY) -m pytest

@@ -53,9 +53,9 @@ def one_thread():
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_wmbook(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    """``python -m wmbook ARGS`` in ``cwd``, output captured."""
-    return subprocess.run([sys.executable, "-m", "wmbook", *args], cwd=cwd, capture_output=True, text=True)
+def run_book(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """``python -m bookbuild ARGS`` in ``cwd``, output captured."""
+    return subprocess.run([sys.executable, "-m", "bookbuild", *args], cwd=cwd, capture_output=True, text=True)
 
 
 def copy_book(target: Path) -> Path:
@@ -84,6 +84,6 @@ def built_book(tmp_path_factory) -> Path:
     built into ``<root>/_build/html``) once for the whole test session. Do not modify it."""
     root = copy_book(tmp_path_factory.mktemp("book"))
     commit_all(root)
-    result = run_wmbook(root, "all", "--profile", "ci")
+    result = run_book(root, "all", "--profile", "ci")
     assert result.returncode == 0, f"pipeline failed:\n{result.stdout}\n{result.stderr}"
     return root

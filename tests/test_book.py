@@ -9,7 +9,7 @@ import nbformat
 import pytest
 import yaml
 
-from wmbook import pipeline
+from bookbuild import pipeline
 from wmbook.chapters import CHAPTER_MODULES, PROFILE_NAMES, chapter_module
 
 ROOT = Path(__file__).resolve().parents[1]

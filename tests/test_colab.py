@@ -5,7 +5,7 @@ The runtime is a fresh virtual environment whose path holds the locked packages,
 them (see ``fresh_env``), and not wmbook. The repository is a committed copy of this one (package
 and book), served over HTTP on 127.0.0.1 as git serves a repository to a plain web server, and
 the chapter is the one the pipeline writes: its install cell pinned to that commit by
-:func:`wmbook.pipeline.pinned_source`, with only the repository's address pointed at the local
+:func:`bookbuild.pipeline.pinned_source`, with only the repository's address pointed at the local
 server. pip runs offline (no index); a wheelhouse offers a newer "torch", as PyPI would
 offer Colab one, so a cell that upgraded torch would take it. What Colab does and this cannot:
 download the dependencies Colab lacks, and build in an isolated environment (that would need
@@ -30,7 +30,7 @@ import yaml
 
 import fresh_env
 from conftest import commit_all, copy_book
-from wmbook import pipeline
+from bookbuild import pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTER = "01_world_model"

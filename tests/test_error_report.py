@@ -1,9 +1,9 @@
-"""wmbook.error_report: what a failed chapter's page says, from its executed copy or nbval's report.
+"""bookbuild.error_report: what a failed chapter's page says, from its executed copy or nbval's report.
 The pipeline test builds such pages into a book; these check the cases a tiny book does not reach."""
 
 import nbformat
 
-from wmbook import error_report
+from bookbuild import error_report
 from wmbook.device import environment_stamp, format_stamp
 
 

@@ -48,7 +48,7 @@ def run_edited(notebook: Path, tmp_path: Path, edit) -> Exception | None:
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    from wmbook.pipeline import _environment, kernel_environment
+    from bookbuild.pipeline import _environment, kernel_environment
 
     nb = json.loads(notebook.read_text())
     for index, _, code in source_cells(notebook):

@@ -13,11 +13,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from conftest import commit_all, run_wmbook
-from wmbook import pipeline
+from conftest import commit_all, run_book
+from bookbuild import pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
-wmbook = run_wmbook
 
 
 def tiny_book(target: Path, chapters: dict[str, list[str]] | list[str]) -> Path:
@@ -120,7 +119,7 @@ def test_chapter_three_reports_chosen_k_and_intervals_under_the_ci_profile(built
 def test_a_second_run_with_nothing_changed_skips_every_chapter(built_book):
     before = {c.name: pipeline._digest(built_book / pipeline.STAGE / c.source)
               for c in pipeline.chapters(built_book)}
-    result = wmbook(built_book, "all", "--profile", "ci")
+    result = run_book(built_book, "all", "--profile", "ci")
     assert result.returncode == 0, result.stderr
     for name, digest in before.items():
         assert f"cached   {name}" in result.stdout
@@ -129,19 +128,19 @@ def test_a_second_run_with_nothing_changed_skips_every_chapter(built_book):
 
 
 def test_unknown_chapter_is_named(built_book):
-    result = wmbook(built_book, "run", "--chapters", "99", "--profile", "ci")
+    result = run_book(built_book, "run", "--chapters", "99", "--profile", "ci")
     assert result.returncode == 1
     assert "unknown chapter '99'" in result.stderr and "01_world_model" in result.stderr
 
 
 def test_unknown_profile_is_refused(built_book):
-    result = wmbook(built_book, "run", "--profile", "huge")
+    result = run_book(built_book, "run", "--profile", "huge")
     assert result.returncode == 2
     assert "invalid choice: 'huge'" in result.stderr
 
 
 def test_list_shows_chapters_without_importing_torch(built_book):
-    result = wmbook(built_book, "list")
+    result = run_book(built_book, "list")
     assert result.returncode == 0 and "01_world_model" in result.stdout
     probe = ("import runpy, sys\nsys.argv = ['wmbook', 'list']\n"
              "try:\n    runpy.run_module('wmbook', run_name='__main__')\nexcept SystemExit:\n    pass\n"
@@ -155,7 +154,7 @@ def test_list_shows_chapters_without_importing_torch(built_book):
 
 def test_failing_chapter_names_chapter_and_cell_and_keeps_partial_output(tmp_path):
     root = tiny_book(tmp_path, ["x = 1\nprint('before the failure')", "raise ValueError('broken on purpose')"])
-    result = wmbook(root, "run")
+    result = run_book(root, "run")
     assert result.returncode == 1
     assert "chapter 01_tiny failed in cell" in result.stderr
     assert "ValueError: broken on purpose" in result.stderr
@@ -165,10 +164,10 @@ def test_failing_chapter_names_chapter_and_cell_and_keeps_partial_output(tmp_pat
 
 def test_nondeterministic_chapter_fails_validation_and_cannot_be_built(tmp_path):
     root = tiny_book(tmp_path, ["import os\nprint(os.urandom(8).hex())"])
-    assert wmbook(root, "run").returncode == 0
-    result = wmbook(root, "validate")
+    assert run_book(root, "run").returncode == 0
+    result = run_book(root, "validate")
     assert result.returncode == 1 and "01_tiny did not reproduce its outputs" in result.stderr
-    result = wmbook(root, "build")
+    result = run_book(root, "build")
     assert result.returncode == 1 and "not executed and validated" in result.stderr
 
 
@@ -179,36 +178,36 @@ FIGURE = ("import matplotlib.pyplot as plt\nimport numpy as np\n"
 
 def test_a_figure_that_changes_between_runs_fails_validation(tmp_path):
     root = tiny_book(tmp_path, [FIGURE.format(points="np.random.default_rng().random(5)")])
-    assert wmbook(root, "run").returncode == 0
+    assert run_book(root, "run").returncode == 0
     assert any("image/png" in o.get("data", {}) for c in executed(root).cells for o in c.get("outputs", []))
-    result = wmbook(root, "validate")
+    result = run_book(root, "validate")
     assert result.returncode == 1
     assert "png sha256:" in result.stderr  # the report names the figure, as two hashes
 
 
 def test_a_figure_that_reproduces_passes_validation(tmp_path):
     root = tiny_book(tmp_path, [FIGURE.format(points="np.random.default_rng(3).random(5)")])
-    assert wmbook(root, "run").returncode == 0
-    result = wmbook(root, "validate")
+    assert run_book(root, "run").returncode == 0
+    result = run_book(root, "validate")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_a_chapter_edited_after_validation_must_be_validated_again(tmp_path):
     root = tiny_book(tmp_path, ["print(6 * 7)"])
-    assert wmbook(root, "run").returncode == 0
-    assert wmbook(root, "validate").returncode == 0
+    assert run_book(root, "run").returncode == 0
+    assert run_book(root, "validate").returncode == 0
     path = root / pipeline.STAGE / "book" / "01_tiny.ipynb"
     path.write_text(path.read_text().replace("42", "43"))
-    result = wmbook(root, "build")
+    result = run_book(root, "build")
     assert result.returncode == 1 and "01_tiny" in result.stderr
 
 
 def test_build_refuses_chapters_run_with_different_profiles_or_seeds(tmp_path):
     root = tiny_book(tmp_path, {"01_one": ["print(profile, seed)"], "02_two": ["print(profile, seed)"]})
-    assert wmbook(root, "run", "-c", "1", "--profile", "ci").returncode == 0
-    assert wmbook(root, "run", "-c", "2", "--profile", "full", "--seed", "3").returncode == 0
-    assert wmbook(root, "validate").returncode == 0
-    result = wmbook(root, "build")
+    assert run_book(root, "run", "-c", "1", "--profile", "ci").returncode == 0
+    assert run_book(root, "run", "-c", "2", "--profile", "full", "--seed", "3").returncode == 0
+    assert run_book(root, "validate").returncode == 0
+    result = run_book(root, "build")
     assert result.returncode == 1
     assert "different profiles or seeds" in result.stderr
     assert "01_one: profile ci, seed 0" in result.stderr and "02_two: profile full, seed 3" in result.stderr
@@ -226,12 +225,12 @@ def test_a_failed_chapter_becomes_an_error_report_and_the_rest_of_the_book_is_bu
     broken.cells.append(nbformat.v4.new_markdown_cell("(broken-results)=\n## Results"))
     nbformat.write(broken, root / "book" / "02_broken.ipynb")
     (root / "_config.yml").write_text("title: tiny\nexecute:\n  execute_notebooks: 'off'\n"
-                                      "sphinx:\n  extra_extensions: [wmbook.landing]\n")
+                                      "sphinx:\n  extra_extensions: [bookbuild.landing]\n")
     (root / "book" / "intro.md").write_text(
         "# Tiny\n\nSee {ref}`broken-results`.\n\n```{chapter-card} 02_broken\n:figure: plot(\n:alt: none\n"
         ":time: 1 s\n:headline: {value}\n\nWhat the chapter teaches.\n```\n")
 
-    result = wmbook(root, "all", "--profile", "ci")
+    result = run_book(root, "all", "--profile", "ci")
     assert result.returncode == 1, result.stdout + result.stderr
     summary = result.stdout[result.stdout.index("summary:"):]
     assert re.search(r"01_good +ok +[0-9.]+ s", summary)
@@ -269,13 +268,13 @@ def test_a_failed_chapter_is_never_cached_and_runs_again_until_it_succeeds(tmp_p
     # the chapter fails until a file appears beside its executed copy (the kernel's folder)
     root = tiny_book(tmp_path, {"01_good": ["print('good')"],
                                 "02_flaky": ["import pathlib\nassert pathlib.Path('fixed').exists(), 'not yet'"]})
-    assert wmbook(root, "all", "--profile", "ci").returncode == 1
-    second = wmbook(root, "all", "--profile", "ci")
+    assert run_book(root, "all", "--profile", "ci").returncode == 1
+    second = run_book(root, "all", "--profile", "ci")
     assert second.returncode == 1 and "AssertionError: not yet" in second.stdout
     assert "cached   01_good" in second.stdout and "run      02_flaky" in second.stdout
     assert (root / "_build" / "failed" / "book" / "02_flaky.ipynb").is_file()
     (root / pipeline.STAGE / "book" / "fixed").touch()
-    third = wmbook(root, "all", "--profile", "ci")
+    third = run_book(root, "all", "--profile", "ci")
     assert third.returncode == 0, third.stdout + third.stderr
     assert "run      02_flaky" in third.stdout and re.search(r"02_flaky +ok", third.stdout)
     assert not (root / "_build" / "failed" / "book" / "02_flaky.ipynb").exists()
@@ -285,17 +284,17 @@ def test_a_failed_chapter_is_never_cached_and_runs_again_until_it_succeeds(tmp_p
 
 def test_the_cache_reruns_a_chapter_when_an_input_changes(tmp_path):
     root = tiny_book(tmp_path, {"01_one": ["print(profile, seed)"], "02_two": ["print('two')"]})
-    first = wmbook(root, "all", "--profile", "ci")
+    first = run_book(root, "all", "--profile", "ci")
     assert first.returncode == 0, first.stderr
     assert "run      01_one" in first.stdout and "run      02_two" in first.stdout
     source = root / "book" / "02_two.ipynb"
     source.write_text(source.read_text().replace("'two'", "'second'"))
-    second = wmbook(root, "all", "--profile", "ci")
+    second = run_book(root, "all", "--profile", "ci")
     assert second.returncode == 0, second.stderr
     assert "cached   01_one" in second.stdout and "run      02_two" in second.stdout
-    third = wmbook(root, "all", "--profile", "ci", "--seed", "1")  # a new seed runs everything
+    third = run_book(root, "all", "--profile", "ci", "--seed", "1")  # a new seed runs everything
     assert "run      01_one" in third.stdout and "run      02_two" in third.stdout
-    fourth = wmbook(root, "all", "--profile", "ci", "--seed", "1", "--force")
+    fourth = run_book(root, "all", "--profile", "ci", "--seed", "1", "--force")
     assert "run      01_one" in fourth.stdout
 
 
@@ -303,17 +302,17 @@ def test_a_committed_book_pins_its_install_cell(tmp_path):
     install = 'REPOSITORY = "x"\nWMBOOK_REF = "main"  # written by the pipeline\nprint(WMBOOK_REF)'
     root = tiny_book(tmp_path, [install])
     commit = commit_all(root)
-    assert wmbook(root, "run").returncode == 0
+    assert run_book(root, "run").returncode == 0
     cell = executed(root).cells[3]  # title, parameters, injected parameters, install cell
     assert f'WMBOOK_REF = "{commit}"' in cell.source and "# written by the pipeline" in cell.source
     assert cell.outputs[0]["text"].strip() == commit  # the pinned cell is what ran
-    assert wmbook(root, "validate").returncode == 0
+    assert run_book(root, "validate").returncode == 0
 
 
 def test_outside_git_the_install_cell_is_left_alone(tmp_path):
     root = tiny_book(tmp_path, ['WMBOOK_REF = "main"'])
     assert pipeline.source_commit(root) is None
-    assert wmbook(root, "run").returncode == 0
+    assert run_book(root, "run").returncode == 0
     assert 'WMBOOK_REF = "main"' in executed(root).cells[3].source
 
 

@@ -69,7 +69,7 @@ def test_model_recipe_takes_the_environment_sizes():
 
 
 def test_the_device_choices_of_the_command_line_are_pick_devices():
-    from wmbook.__main__ import DEVICE_CHOICES
+    from bookbuild.__main__ import DEVICE_CHOICES
     from wmbook.device import DEVICE_CHOICES as PICKED
 
     assert DEVICE_CHOICES == PICKED

@@ -67,11 +67,11 @@ def test_version_is_set_once_and_agrees_everywhere(dist):
 
 def test_wheel_holds_the_whole_package_and_nothing_else(dist):
     names = set(zipfile.ZipFile(the(dist, "wmbook-*.whl")).namelist())
-    package = {p.relative_to(ROOT).as_posix() for p in (ROOT / "wmbook").rglob("*")
+    package = {p.relative_to(ROOT).as_posix() for folder in ("wmbook", "bookbuild") for p in (ROOT / folder).rglob("*")
                if p.is_file() and p.suffix in (".py", ".cfg") and "__pycache__" not in p.parts}
     assert package - names == set(), f"missing from the wheel: {sorted(package - names)}"
-    assert "wmbook/nbval_sanitize.cfg" in names  # the pipeline's validate step reads it
-    assert all(n.startswith(("wmbook/", "wmbook-")) for n in names), sorted(names)
+    assert "bookbuild/nbval_sanitize.cfg" in names  # the pipeline's validate step reads it
+    assert all(n.startswith(("wmbook/", "bookbuild/", "wmbook-")) for n in names), sorted(names)
 
 
 def test_wheel_installs_and_runs_in_a_fresh_environment_without_the_repository(dist, tmp_path):
@@ -83,7 +83,7 @@ def test_wheel_installs_and_runs_in_a_fresh_environment_without_the_repository(d
     installed = fresh_env.run(python, "-m", "pip", "install", "--no-index", str(wheel), cwd=work)
     assert installed.returncode == 0, f"pip could not install the wheel offline:\n{installed.stdout}\n{installed.stderr}"
     site = fresh_env.site_packages(tmp_path / "env")
-    probe = fresh_env.run(python, "-c", "import sys, wmbook, wmbook.pipeline as p; "
+    probe = fresh_env.run(python, "-c", "import sys, wmbook, bookbuild.pipeline as p; "
                           "print(wmbook.__file__); print(wmbook.__version__); "
                           "print(p.SANITIZE_FILE.is_file()); print(*sys.path, sep='\\n')", cwd=work)
     assert probe.returncode == 0, probe.stderr

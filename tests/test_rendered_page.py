@@ -5,7 +5,7 @@ whose host resolver fails every other name, so anything the page still fetches f
 simply missing, as it would be for a reader offline. ``--dump-dom`` returns the document after
 its scripts ran. The checks: MathJax comes from the book's own files and typesets every
 equation; papermill's injected-parameters cell is not on the page. The MathJax staging itself
-(``wmbook.assets``) is checked without a browser.
+(``bookbuild.assets``) is checked without a browser.
 
 Every page (the table of contents' pages, search and the index) is also loaded through the
 DevTools protocol (``browser.py``), which reports console errors, uncaught exceptions and failed
@@ -38,7 +38,7 @@ import pytest
 import yaml
 
 from browser import Browser
-from wmbook import assets, pipeline
+from bookbuild import assets, pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = pipeline.chapters(ROOT)

@@ -2,7 +2,7 @@
 
 import json
 
-from wmbook.pipeline import ChapterRun, _report
+from bookbuild.pipeline import ChapterRun, _report
 
 
 def test_a_cache_hit_keeps_the_seconds_its_execution_took(tmp_path):

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from wmbook import pipeline
+from bookbuild import pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = ROOT / ".github" / "workflows"
@@ -155,8 +155,8 @@ def test_execution_cache_key_is_made_of_what_the_pipeline_hashes():
     assert hashed, "the cache key hashes no files"
     patterns = set(re.findall(r"'([^']+)'", hashed.group(1)))
     # pipeline.cache_key: the chapter sources, the package's source files, the lock ...
-    suffixes = {p.suffix for p in pipeline._package_files()}
-    expected = {"book/*.ipynb", pipeline.LOCK_FILE} | {f"wmbook/**/*{suffix}" for suffix in suffixes}
+    globs = {f"{Path(name).parts[0]}/**/*{Path(name).suffix}" for name in pipeline._package_files()}
+    expected = {"book/*.ipynb", pipeline.LOCK_FILE} | globs
     assert patterns == expected, f"cache key hashes {sorted(patterns)}, the pipeline {sorted(expected)}"
     # ... and the run's profile, seed and Python version, the same variables make book reads
     assert workflow["env"]["PROFILE"] == "full" and "${{ env.PROFILE }}" in key and "${{ env.SEED }}" in key

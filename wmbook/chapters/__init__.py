@@ -5,7 +5,7 @@ in :mod:`wmbook.chapters.ch01_world_model`); a new ``chNN_name.py`` file is foun
 profile name to a frozen dataclass holding every budget the chapter reads, and whatever runs the
 chapter's experiments. This registry only maps names to modules: it imports a chapter's module
 (and so torch and the chapter's models) when that chapter's budget is asked for, never before,
-so that ``python -m wmbook list`` stays instant.
+so that ``python -m bookbuild list`` stays instant.
 
 A chapter reads its budget once, in its setup cell::
 

@@ -1,6 +1,6 @@
 """Error reports: the page a chapter that failed gets in the book in place of its executed copy.
 
-When ``python -m wmbook all`` cannot execute a chapter, or nbval finds that the chapter does not
+When ``python -m bookbuild all`` cannot execute a chapter, or nbval finds that the chapter does not
 reproduce its outputs, the pipeline keeps the executed copy (partial or whole) under
 ``_build/failed/`` and writes a small notebook at the chapter's place in the staged book. It has
 the chapter's file name and title, so the table of contents, the links to the chapter and its

@@ -1,7 +1,7 @@
 """A pytest plugin for nbval: compare figures too, by a hash of their PNG data.
 
 nbval skips ``image/png`` outputs unless run with ``--nbdime``, so a figure that changes between
-two executions would pass validation. With ``-p wmbook.nbval_figures`` each PNG is replaced, in
+two executions would pass validation. With ``-p bookbuild.nbval_figures`` each PNG is replaced, in
 both the stored and the re-executed outputs, by ``png sha256:<hash>`` and then compared like text:
 a changed figure fails, and the report shows two short hashes instead of two pages of base64.
 """

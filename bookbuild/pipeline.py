@@ -15,7 +15,7 @@ of those inputs (``_build/stage/.cache.json``), simpler to reason about than jup
 caches per notebook source only and knows nothing of the package the chapters import.
 
 A chapter that fails in ``all``, to execute or to validate, does not stop the others: its
-executed copy moves to ``_build/failed`` and an error report (:mod:`wmbook.error_report`) takes
+executed copy moves to ``_build/failed`` and an error report (:mod:`bookbuild.error_report`) takes
 its place in the staging tree, ``run_report.json`` records the failure, and ``build`` renders the
 report as the chapter's page. A failed chapter never enters the execution cache, so the next
 ``all`` executes it again.
@@ -37,7 +37,7 @@ from pathlib import Path
 
 import yaml
 
-from wmbook import assets, error_report
+from bookbuild import assets, error_report
 from wmbook.checkpoint import atomic_write, write_json
 
 STAGE = Path("_build") / "stage"
@@ -284,21 +284,27 @@ def _report(stage: Path, runs: list[ChapterRun]) -> None:
 # -- the execution cache ----------------------------------------------------------------------
 
 
-def _package_files() -> list[Path]:
-    package = Path(__file__).resolve().parent
-    return sorted(p for p in package.rglob("*") if p.suffix in (".py", ".cfg") and "__pycache__" not in p.parts)
+def _package_files() -> dict[str, Path]:
+    """The source files a chapter's execution depends on, by name: wmbook's, and this package's
+    (the kernels' environment, the sanitize rules)."""
+    import wmbook
+
+    files = {}
+    for package in (Path(wmbook.__file__).resolve().parent, Path(__file__).resolve().parent):
+        files.update({str(p.relative_to(package.parent)): p for p in sorted(package.rglob("*"))
+                      if p.suffix in (".py", ".cfg") and "__pycache__" not in p.parts})
+    return files
 
 
 def cache_key(root: Path, chapter: Chapter, profile: str, seed: int, device: str) -> str:
     """A hash of everything a chapter's executed copy depends on: its source, every source file
-    of the package, the run's parameters, the locked versions and the Python version."""
+    of the packages, the run's parameters, the locked versions and the Python version."""
     digest = hashlib.sha256()
-    package = Path(__file__).resolve().parent
     lock = root / LOCK_FILE
     inputs = [("source", (root / chapter.source).read_bytes()),
               ("lock", lock.read_bytes() if lock.is_file() else b""),
               ("run", json.dumps([profile, seed, device, sys.version]).encode())]
-    inputs += [(str(p.relative_to(package)), p.read_bytes()) for p in _package_files()]
+    inputs += [(name, path.read_bytes()) for name, path in _package_files().items()]
     for name, data in inputs:
         digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
     return digest.hexdigest()
@@ -368,13 +374,13 @@ class _Validation:
         stage = root / STAGE
         notebook = stage / chapter.source
         if not notebook.is_file():
-            raise PipelineError(f"not executed yet (run `python -m wmbook run` first): {notebook}")
+            raise PipelineError(f"not executed yet (run `python -m bookbuild run` first): {notebook}")
         if error_report.is_report(json.loads(notebook.read_text())):
             raise PipelineError(f"{chapter.name} failed when last run, and its staged copy is its error "
-                                f"report: run it again first (`python -m wmbook run -c {chapter.name}`)")
+                                f"report: run it again first (`python -m bookbuild run -c {chapter.name}`)")
         self.log_path = stage / chapter.source.with_suffix(".nbval.log")
         command = [sys.executable, "-m", "pytest", "--nbval", "--nbval-current-env",
-                   "--nbval-sanitize-with", str(SANITIZE_FILE), "-p", "wmbook.nbval_figures",
+                   "--nbval-sanitize-with", str(SANITIZE_FILE), "-p", "bookbuild.nbval_figures",
                    "-p", "no:cacheprovider", "-o", "addopts=", "--rootdir", str(stage), "-q",
                    "--color=no", str(notebook)]
         self.digest = _digest(notebook)  # what is being validated
@@ -416,7 +422,7 @@ def keep_failure(root: Path, chapter: Chapter, profile: str, seed: int, error: s
     """Put an error report in place of a chapter that failed, and keep what it produced.
 
     The executed copy (partial after a failed execution, whole after a failed validation) moves
-    to ``_build/failed/<source>``; the report (:func:`wmbook.error_report.report_notebook`)
+    to ``_build/failed/<source>``; the report (:func:`bookbuild.error_report.report_notebook`)
     takes its place in the staging tree; the chapter leaves the cache and the record of
     validated copies, so the next run executes it again. ``error`` is an execution failure's
     one-line account (from :func:`run_chapter`); ``nbval_report`` is nbval's output after a
@@ -547,7 +553,7 @@ def check_one_run(root: Path, selected: list[Chapter]) -> None:
                             for name, p in parameters.items())
         raise PipelineError("the chapters were executed with different profiles or seeds "
                             f"({listing}); run them all again with one profile and one seed, "
-                            "e.g. `python -m wmbook all --profile full --seed 0`")
+                            "e.g. `python -m bookbuild all --profile full --seed 0`")
 
 
 def stage_config(root: Path, stage: Path, commit: str | None) -> None:
@@ -574,7 +580,7 @@ def build(root: Path, log=print) -> Path:
              not (stage / c.source).is_file() or record.get(str(c.source)) != _digest(stage / c.source))]
     if stale:
         raise PipelineError(f"not executed and validated in their current form: {', '.join(stale)}; "
-                            "run `python -m wmbook run` and `python -m wmbook validate` first")
+                            "run `python -m bookbuild run` and `python -m bookbuild validate` first")
     check_one_run(root, all_chapters)
     stage_static(root, stage)  # text pages may have changed since the run
     stage_config(root, stage, source_commit(root))

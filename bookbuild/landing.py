@@ -21,7 +21,7 @@ copies beside the page, in the staged book that Jupyter Book renders. A missing 
 figure, results file or value is a build error that names it.
 
 A chapter whose last run failed has an error report in place of its executed copy (see
-:mod:`wmbook.error_report`); its card says so and links to the report, with no figure or headline.
+:mod:`bookbuild.error_report`); its card says so and links to the report, with no figure or headline.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from docutils.parsers.rst import directives
 from docutils.statemachine import StringList
 from sphinx.util.docutils import SphinxDirective
 
-from wmbook.error_report import is_report
+from bookbuild.error_report import is_report
 
 FULL_PROFILE = "full"
 
