@@ -77,7 +77,7 @@ def run(python: Path, *args: str, cwd: Path, env: dict[str, str] | None = None,
 
 
 def package_sources(target: Path) -> Path:
-    """What the sdist is built from, copied into ``target``: the project files and the package
+    """What the sdist is built from, copied into ``target``: the project files and the packages
     (tracked or not; caches left out), so that building never writes into the repository."""
     import shutil
 
@@ -85,6 +85,7 @@ def package_sources(target: Path) -> Path:
     for name in ("pyproject.toml", "README.md", "MANIFEST.in", "CHANGELOG.md", "LICENSE"):
         if (ROOT / name).is_file():
             shutil.copy2(ROOT / name, target / name)
-    shutil.copytree(ROOT / "wmbook", target / "wmbook",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+    for package in ("wmbook", "bookbuild"):
+        shutil.copytree(ROOT / package, target / package,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
     return target

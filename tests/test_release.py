@@ -93,8 +93,8 @@ def test_wheel_installs_and_runs_in_a_fresh_environment_without_the_repository(d
     assert not any(Path(p).resolve() == ROOT for p in path if p), "the repository is on the path"
     command = fresh_env.run(python.with_name("wmbook"), "--help", cwd=work)
     assert command.returncode == 0, command.stderr
-    assert "usage:" in command.stdout and "run" in command.stdout and "build" in command.stdout
-    # and the command explains, rather than crashes, outside a book
-    outside = fresh_env.run(python.with_name("wmbook"), "list", cwd=work)
+    assert "usage:" in command.stdout and "train-world-model-ppo" in command.stdout and "surgical" in command.stdout
+    # and the book's command explains, rather than crashes, outside a book
+    outside = fresh_env.run(python, "-m", "bookbuild", "list", cwd=work)
     assert outside.returncode != 0 and "_toc.yml" in outside.stdout + outside.stderr
     assert "Traceback" not in outside.stderr
