@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from wmbook.agents.ppo import (PPO, BernoulliHead, CategoricalHead, PPOConfig, compute_gae, head_for,
-                               train_ppo)
+from wmbook.agents.ppo import (PPO, BernoulliHead, CategoricalHead, GymSteps, PPOConfig, compute_gae, head_for,
+                               rollout, train_ppo)
 
 
 def test_gae_by_hand_termination_and_truncation():
@@ -31,6 +31,39 @@ def test_gae_by_hand_termination_and_truncation():
     # a truncation at step 1 ends the flow but bootstraps from the value of the cut state
     adv_c, _ = compute_gae(rewards, values, next_values, none, terminated, gamma, lam)
     assert adv_c[1, 0].item() == pytest.approx(d[1])
+
+
+class CountEnv(gym.Env):
+    """Observation: the step count; reward 1 per step; truncated after 3 steps."""
+
+    observation_space = gym.spaces.Box(0, 10, (1,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.array([0.0], np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.array([float(self.t)], np.float32), 1.0, False, self.t == 3, {}
+
+
+def test_the_rollout_bootstraps_a_truncated_step_from_where_it_was_cut():
+    ppo = PPO(1, CategoricalHead(2), PPOConfig(hidden_sizes=(4,), seed=0))
+    real = GymSteps([CountEnv(), CountEnv()], seed=0)
+    data = rollout(ppo, real.observations(), real, 5)
+    assert data.obs.shape == (5, 2, 1) and data.actions.shape == (5, 2)
+    assert data.obs[:, 0, 0].tolist() == [0, 1, 2, 0, 1]  # reset after the third step
+    assert data.ended[:, 0].tolist() == [False, False, True, False, False] and not data.terminated.any()
+    # the cut step's value is the value of the state it reached (3), not of the reset state (0)
+    assert data.next_values[2, 0].item() == pytest.approx(ppo.net.value(torch.tensor([[3.0]])).item())
+    assert real.episode_returns == [3.0, 3.0]
+    # stop ends it sooner; keep drops steps from the batch
+    short = rollout(ppo, real.observations(), real, 5, stop=lambda: True)
+    assert len(short.obs) == 1
+    keep = torch.tensor([[True, False]] * 5)
+    assert len(data.batch(0.9, 0.9, keep=keep).obs) == 5 and len(data.batch(0.9, 0.9).obs) == 10
 
 
 def test_categorical_head():

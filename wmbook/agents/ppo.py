@@ -16,8 +16,12 @@ The pieces, in the order a training run uses them:
    the clipped surrogate ``-min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A)`` with advantages
    normalised per minibatch, the value loss ``0.5 (V - R)^2``, an entropy bonus, gradients
    clipped to ``max_grad_norm``; learning rate and clip range annealed linearly to zero.
-5. :func:`train_ppo`: the loop for environments with vector observations (used by the tests
-   and the benchmark); Chapter 4's trainer drives the same :class:`PPO` from pixels.
+5. :func:`rollout`: ``n_steps`` of the policy in any environment written as a step function
+   (real environments side by side, :class:`GymSteps`; a world model's dream), the one way
+   every trainer here collects PPO's data; :meth:`Rollout.batch` turns it into advantages.
+6. :func:`train_ppo`: the loop for environments with vector observations (used by the tests
+   and the benchmark); Chapter 4's trainer and Chapter 6's PPO in the world model drive the same
+   :func:`rollout` and :class:`PPO`.
 
 All randomness (initial weights, action sampling, minibatch order) comes from the seed of the
 :class:`PPOConfig`, so the same config gives the same run.
@@ -39,21 +43,13 @@ from torch import nn
 
 # -- 1. policy heads ----------------------------------------------------------------------------
 
-class ActionDistribution(Protocol):
-    """What PPO needs of a distribution over a batch of ``B`` actions."""
-
-    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor: ...
-    def log_prob(self, action: torch.Tensor) -> torch.Tensor: ...  # (B,)
-    def entropy(self) -> torch.Tensor: ...  # (B,)
-    def mode(self) -> torch.Tensor: ...  # the greedy action
-
-
 class PolicyHead(Protocol):
-    """Maps the actor's outputs ``(B, out_features)`` to an :class:`ActionDistribution`."""
+    """Maps the actor's outputs ``(B, out_features)`` to a distribution over ``B`` actions with
+    ``sample(generator)``, ``log_prob(action)`` ``(B,)``, ``entropy()`` ``(B,)`` and ``mode()``."""
 
     out_features: int
 
-    def distribution(self, params: torch.Tensor) -> ActionDistribution: ...
+    def distribution(self, params: torch.Tensor): ...
 
 
 class Categorical:
@@ -174,7 +170,7 @@ class ActorCritic(nn.Module):
         self.actor = _mlp([obs_dim, *hidden_sizes, head.out_features], 0.01)
         self.critic = _mlp([obs_dim, *hidden_sizes, 1], 1.0)
 
-    def distribution(self, obs: torch.Tensor) -> ActionDistribution:
+    def distribution(self, obs: torch.Tensor):
         return self.head.distribution(self.actor(obs))
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
@@ -350,7 +346,89 @@ class PPO:
         self.updates = int(state["updates"])
 
 
-# -- 5. training on vector observations ---------------------------------------------------------
+# -- 5. the rollout ------------------------------------------------------------------------------
+
+class Rollout(NamedTuple):
+    """``T`` steps of ``N`` streams, each field ``(T, N, ...)``, in :func:`compute_gae`'s terms."""
+
+    obs: torch.Tensor
+    actions: torch.Tensor
+    log_probs: torch.Tensor
+    values: torch.Tensor
+    next_values: torch.Tensor
+    rewards: torch.Tensor
+    terminated: torch.Tensor
+    ended: torch.Tensor
+
+    def batch(self, gamma: float, lam: float, rewards: torch.Tensor | None = None,
+              keep: torch.Tensor | None = None) -> Batch:
+        """PPO's flat data: GAE on ``rewards`` (default the rollout's own, e.g. penalised ones
+        instead), only the steps where ``keep`` ``(T, N)`` is true (default all)."""
+        rewards = self.rewards if rewards is None else rewards
+        advantages, returns = compute_gae(rewards, self.values, self.next_values, self.terminated, self.ended,
+                                          gamma, lam)
+        flat = Batch(self.obs.flatten(0, 1), self.actions.flatten(0, 1), self.log_probs.flatten(),
+                     advantages.flatten(), returns.flatten())
+        return flat if keep is None else Batch(*(x[keep.flatten()] for x in flat))
+
+
+# step(actions (N, ...)) -> rewards (N,), terminated (N,), ended (N,), the observations the step
+# reached (N, D) (before any reset: a truncated step is bootstrapped from there) and the
+# observations the next step starts from (N, D) (after the resets)
+StepFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def rollout(ppo: "PPO", obs: torch.Tensor, step: StepFn, n_steps: int,
+            stop: Callable[[], bool] | None = None) -> Rollout:
+    """``n_steps`` of ``ppo``'s policy from observations ``obs`` ``(N, D)`` in ``step``, the
+    environment written as a function; ``stop()``, asked after every step, may end it sooner."""
+    steps = []
+    for _ in range(n_steps):
+        action, log_prob, value = ppo.net.act(obs, ppo.generator)
+        reward, terminated, ended, reached, next_obs = step(action)
+        with torch.no_grad():
+            next_value = ppo.net.value(reached)
+        steps.append((obs, action, log_prob, value, next_value, reward, terminated, ended))
+        obs = next_obs
+        if stop is not None and stop():
+            break
+    return Rollout(*(torch.stack(parts) for parts in zip(*steps)))
+
+
+class GymSteps:
+    """Gymnasium environments with vector observations stepped side by side, as a
+    :data:`StepFn`: an episode that ends is reset at once (so a truncated step is bootstrapped
+    from the state where it was cut), and its return goes to ``episode_returns``."""
+
+    def __init__(self, envs: list[gym.Env], seed: int, device: torch.device | str = "cpu"):
+        self.envs, self.device = envs, device
+        self.obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]).astype(np.float32)
+        self.running = np.zeros(len(envs))
+        self.episode_returns: list[float] = []
+
+    def observations(self) -> torch.Tensor:
+        return torch.as_tensor(self.obs, device=self.device)
+
+    def __call__(self, action: torch.Tensor):
+        n = len(self.envs)
+        reward, terminated, ended = np.zeros(n, np.float32), np.zeros(n, bool), np.zeros(n, bool)
+        reached, obs = np.empty_like(self.obs), np.empty_like(self.obs)
+        for i, env in enumerate(self.envs):
+            reached[i], reward[i], terminated[i], truncated, _ = env.step(
+                np.asarray(action[i].cpu().numpy(), dtype=env.action_space.dtype))
+            ended[i] = terminated[i] or truncated
+            self.running[i] += reward[i]
+            obs[i] = reached[i]
+            if ended[i]:
+                self.episode_returns.append(float(self.running[i]))
+                self.running[i] = 0.0
+                obs[i] = env.reset()[0]
+        self.obs = obs
+        return (*(torch.as_tensor(x, device=self.device) for x in (reward, terminated, ended, reached)),
+                self.observations())
+
+
+# -- 6. training on vector observations ---------------------------------------------------------
 
 @dataclass
 class PPOResult:
@@ -367,14 +445,11 @@ class PPOResult:
 def train_ppo(config: PPOConfig, device: torch.device | str = "cpu", progress: bool = True,
               make_env: Callable[[], gym.Env] | None = None,
               evaluate: Callable[[Callable[[np.ndarray], np.ndarray]], np.ndarray] | None = None) -> PPOResult:
-    """Train PPO on ``num_envs`` copies of an environment with vector observations.
-
-    Environments are stepped side by side and reset by hand at episode ends, so that a
-    truncated step is bootstrapped from the value of the state where it was cut. Every
-    ``eval_every`` real steps (counted over all environments; a multiple of ``num_envs``),
-    ``evaluate(policy)`` is called with the greedy policy (observations ``(n, obs_dim)`` ->
-    actions ``(n,)``) and must return the episode returns; by default Chapter 3's protocol
-    (:func:`wmbook.evaluation.evaluate` from :func:`~wmbook.agents.dqn.evaluation_seed`).
+    """Train PPO on ``num_envs`` copies of an environment with vector observations
+    (:class:`GymSteps`). Every ``eval_every`` real steps (over all environments; a multiple of
+    ``num_envs``), ``evaluate(policy)`` is called with the greedy policy (observations ``(n,
+    obs_dim)`` -> actions ``(n,)``) and returns the episode returns; by default Chapter 3's
+    protocol (:func:`wmbook.evaluation.evaluate` from :func:`~wmbook.agents.dqn.evaluation_seed`).
     """
     from tqdm.auto import tqdm
 
@@ -398,47 +473,26 @@ def train_ppo(config: PPOConfig, device: torch.device | str = "cpu", progress: b
         return ppo.net.act(tensor, greedy=True)[0].cpu().numpy()
 
     result = PPOResult(ppo)
-    obs = np.stack([env.reset(seed=c.seed + i)[0] for i, env in enumerate(envs)]).astype(np.float32)
-    episode_return = np.zeros(c.num_envs)
+    real = GymSteps(envs, c.seed, ppo.device)
+    result.episode_returns = real.episode_returns
     steps = 0
     bar = tqdm(total=c.total_timesteps, desc="PPO", disable=not progress, leave=False)
+
+    def count_and_evaluate() -> bool:
+        """After every step of all environments: count it; evaluate when due; stop once solved."""
+        nonlocal steps
+        steps += c.num_envs
+        bar.update(c.num_envs)
+        if c.eval_every and steps % c.eval_every == 0:
+            solved = record(result, steps, evaluate(greedy), solved_return(c.env_id, c.solved_return))
+            return bool(solved and c.stop_when_solved)
+        return False
+
     while steps < c.total_timesteps:
-        # collect n_steps from every environment with the current policy
-        T, N = c.n_steps, c.num_envs
-        buf_obs = torch.zeros(T, N, obs_dim)
-        buf_act, buf_logp = [], torch.zeros(T, N)
-        buf_val, buf_next_val = torch.zeros(T, N), torch.zeros(T, N)
-        buf_rew, buf_term, buf_end = torch.zeros(T, N), torch.zeros(T, N, dtype=torch.bool), torch.zeros(T, N, dtype=torch.bool)
-        for t in range(T):
-            obs_t = torch.as_tensor(obs, device=ppo.device)
-            action, log_prob, value = ppo.net.act(obs_t, ppo.generator)
-            buf_obs[t], buf_logp[t], buf_val[t] = obs_t.cpu(), log_prob.cpu(), value.cpu()
-            buf_act.append(action.cpu())
-            final_obs = np.empty_like(obs)
-            for i, env in enumerate(envs):
-                next_obs, reward, terminated, truncated, _ = env.step(action[i].cpu().numpy())
-                episode_return[i] += reward
-                buf_rew[t, i], buf_term[t, i], buf_end[t, i] = float(reward), terminated, terminated or truncated
-                final_obs[i] = next_obs
-                if terminated or truncated:
-                    result.episode_returns.append(float(episode_return[i]))
-                    episode_return[i] = 0.0
-                    next_obs, _ = env.reset()
-                obs[i] = next_obs
-            with torch.no_grad():
-                buf_next_val[t] = ppo.net.value(torch.as_tensor(final_obs, device=ppo.device)).cpu()
-            steps += N
-            bar.update(N)
-            if c.eval_every and steps % c.eval_every == 0:
-                if record(result, steps, evaluate(greedy), solved_return(c.env_id, c.solved_return)) \
-                        and c.stop_when_solved:
-                    break
+        data = rollout(ppo, real.observations(), real, c.n_steps, stop=count_and_evaluate)
         if c.stop_when_solved and result.solved_at is not None:
             break
-        advantages, returns = compute_gae(buf_rew, buf_val, buf_next_val, buf_term, buf_end, c.gamma, c.gae_lambda)
-        batch = Batch(buf_obs.flatten(0, 1), torch.stack(buf_act).flatten(0, 1), buf_logp.flatten(),
-                      advantages.flatten(), returns.flatten())
-        ppo.update(Batch(*(x.to(ppo.device) for x in batch)), steps)
+        ppo.update(data.batch(c.gamma, c.gae_lambda), steps)
     bar.close()
     for env in envs:
         env.close()

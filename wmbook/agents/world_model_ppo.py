@@ -52,7 +52,7 @@ import numpy as np
 import torch
 
 from wmbook.agents.dqn import evaluation_seed
-from wmbook.agents.ppo import PPO, Batch, PPOConfig, compute_gae, head_for
+from wmbook.agents.ppo import PPO, Batch, PPOConfig, head_for, rollout
 from wmbook.buffers import SequenceBuffer
 from wmbook.envs import set_cartpole_state
 from wmbook.evaluation import evaluate
@@ -60,7 +60,7 @@ from wmbook.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from wmbook.config import ConfigError, from_dict, load_yaml, to_dict as config_to_dict, with_overrides as overrides
 from wmbook.models.mdn_rnn import (MDNHistory, MDNRNN, MDNRNNConfig, VisionMemoryModel, VMLatent, latent_buffer,
                                    train_mdn_rnn)
-from wmbook.models.vae import ConvVAE, VAEConfig, VAEHistory, train_vae
+from wmbook.models.vae import ConvVAE, VAEConfig, train_vae
 
 CHECKPOINT_KIND = "WorldModelPPO"
 # half-widths of the box that diverse random starts are drawn from: x, x_dot, theta, theta_dot
@@ -440,60 +440,50 @@ class WorldModelPPOTrainer:
     def collect_real(self) -> tuple[Batch, VMLatent, dict]:
         """``n_steps`` real steps of every environment; returns the PPO data, the latent states
         visited ``(n_steps * num_envs rows)`` and counters."""
-        c, ppo = self.config, self.ppo
-        T, N = c.ppo.n_steps, c.env.num_envs
-        feats, acts, logps = [], [], []
-        vals, next_vals = torch.zeros(T, N), torch.zeros(T, N)
-        rews, terms, ends = torch.zeros(T, N), torch.zeros(T, N, dtype=torch.bool), torch.zeros(T, N, dtype=torch.bool)
+        c = self.config
         visited: list[VMLatent] = []
-        real_steps = 0
+        steps_before = self.result.real_steps
         record = self._refreshes_memory()
-        for t in range(T):
+
+        def step(action: torch.Tensor):
+            """Every environment one step: V encodes the frame it reached, M moves on with the action."""
             latent = self._latent
             visited.append(latent)
-            features = self.world.features(latent)
-            action, log_prob, value = ppo.net.act(features, ppo.generator)
+            reward, terminated, ended = torch.zeros(len(self.envs)), torch.zeros(len(self.envs), dtype=torch.bool), \
+                torch.zeros(len(self.envs), dtype=torch.bool)
             frames, finished = [], []
             for i, env in enumerate(self.envs):
-                frame, reward, terminated, truncated, info = env.step(int(action[i]))
-                repeats = info.get("repeats", 1)
-                real_steps += repeats
-                self.result.real_steps += repeats
-                self._episode_return[i] += reward
-                rews[t, i], terms[t, i], ends[t, i] = float(reward), terminated, terminated or truncated
+                frame, r, term, trunc, info = env.step(int(action[i]))
+                self.result.real_steps += info.get("repeats", 1)
+                self._episode_return[i] += r
+                reward[i], terminated[i], ended[i] = float(r), term, term or trunc
                 frames.append(frame)
-                if terminated or truncated:
+                if term or trunc:
                     finished.append(i)
-            # the latent of the frame each step reached (before any reset), for its value
-            z = self._encode(frames)
+            z = self._encode(frames)  # the frame each step reached (before any reset), for its value
             if record:
-                self._record_step(latent.z, action, z, rews[t], terms[t], ends[t] & ~terms[t])
+                self._record_step(latent.z, action, z, reward, terminated, ended & ~terminated)
             with torch.no_grad():
                 _, (h, cell) = self.mdn.step(latent.z, action, (latent.h, latent.c))
-                reached = VMLatent(z, h, cell)
-                next_vals[t] = ppo.net.value(self.world.features(reached)).cpu()
-            feats.append(features.cpu())
-            acts.append(action.cpu())
-            logps.append(log_prob.cpu())
-            vals[t] = value.cpu()
+            reached = VMLatent(z, h, cell)
+            self._latent = reached
             if finished:  # episodes that ended start again from a fresh latent
                 for i in finished:
                     self.result.episode_steps.append(self.result.real_steps)
                     self.result.episode_returns.append(float(self._episode_return[i]))
                     self._episode_return[i] = 0.0
-                starts = [self.envs[i].reset()[0] for i in finished]
                 index = torch.tensor(finished, device=self.device)
-                fresh_z = self._encode(starts)
+                fresh_z = self._encode([self.envs[i].reset()[0] for i in finished])
                 z, h, cell = z.clone(), h.clone(), cell.clone()
                 z[index], h[index], cell[index] = fresh_z, 0.0, 0.0
-                reached = VMLatent(z, h, cell)
-            self._latent = reached
-        p = c.ppo
-        advantages, returns = compute_gae(rews, vals, next_vals, terms, ends, p.gamma, p.gae_lambda)
-        batch = Batch(torch.stack(feats).flatten(0, 1), torch.stack(acts).flatten(0, 1),
-                      torch.stack(logps).flatten(0, 1), advantages.flatten(), returns.flatten())
+                self._latent = VMLatent(z, h, cell)
+            return (reward.to(self.device), terminated.to(self.device), ended.to(self.device),
+                    self.world.features(reached), self.world.features(self._latent))
+
+        data = rollout(self.ppo, self.world.features(self._latent), step, c.ppo.n_steps)
         starts = VMLatent(*(torch.stack(parts).flatten(0, 1) for parts in zip(*visited)))
-        return batch, starts, {"real_steps": real_steps}
+        return (data.batch(c.ppo.gamma, c.ppo.gae_lambda), starts,
+                {"real_steps": self.result.real_steps - steps_before})
 
     # -- iterative training of M --------------------------------------------------------------
 
@@ -570,35 +560,28 @@ class WorldModelPPOTrainer:
 
     def _imagine_rows(self, starts: VMLatent, rows: int, horizon: int) -> tuple[Batch, int]:
         """``rows`` imagined rollouts of at most ``horizon`` steps; their PPO data, flattened
-        time-major, and its number of steps."""
-        ppo = self.ppo
+        time-major, and its number of steps. In the dream the reward is M's reward head and an
+        episode ends where a draw from M's done head says so; a rollout cut by the horizon is
+        bootstrapped from the critic."""
         pick = torch.randint(len(starts.z), (rows,), generator=self.start_generator).to(self.device)
         latent = VMLatent(*(x[pick] for x in starts))
         alive = torch.ones(rows, dtype=torch.bool, device=self.device)
-        feats, acts, logps, vals, next_vals, rews, terms, lives = [], [], [], [], [], [], [], []
-        for _ in range(horizon):
-            features = self.world.features(latent)
-            action, log_prob, value = ppo.net.act(features, ppo.generator)
+        lives = []  # (rows,) per step: the steps that belong to a rollout
+
+        def dream(action: torch.Tensor):
+            nonlocal latent, alive
             step = self.world.imagine_step(latent, action)
             done = torch.rand(rows, generator=self.dream_generator, device=self.device) < step.done_prob
-            with torch.no_grad():
-                next_value = ppo.net.value(self.world.features(step.latent))
-            feats.append(features), acts.append(action), logps.append(log_prob), vals.append(value)
-            next_vals.append(next_value), rews.append(step.reward), terms.append(done & alive), lives.append(alive)
-            alive = alive & ~done
-            latent = step.latent
-            if not alive.any():
-                break
-        live = torch.stack(lives)  # (H, rows): steps that belong to a rollout
-        ends = torch.stack(terms)
-        ends[-1] = True  # the horizon cuts every rollout (bootstrapped unless it terminated)
+            lives.append(alive)
+            terminated = done & alive
+            alive, latent = alive & ~done, step.latent
+            features = self.world.features(latent)
+            return step.reward, terminated, terminated, features, features
+
+        data = rollout(self.ppo, self.world.features(latent), dream, horizon, stop=lambda: not alive.any())
+        keep = torch.stack(lives)
         p = self.config.ppo
-        advantages, returns = compute_gae(torch.stack(rews), torch.stack(vals), torch.stack(next_vals),
-                                          torch.stack(terms), ends, p.gamma, p.gae_lambda)
-        keep = live.flatten()
-        batch = Batch(torch.stack(feats).flatten(0, 1)[keep], torch.stack(acts).flatten(0, 1)[keep],
-                      torch.stack(logps).flatten(0, 1)[keep], advantages.flatten()[keep], returns.flatten()[keep])
-        return batch, int(keep.sum())
+        return data.batch(p.gamma, p.gae_lambda, keep=keep), int(keep.sum())
 
     def iterate(self) -> dict:
         """One iteration: real steps, imagined steps, a PPO update; returns its metrics."""
@@ -608,7 +591,6 @@ class WorldModelPPOTrainer:
         ratio = training.imagination_ratio
         wanted = round(len(real.obs) * ratio / (1 - ratio))
         imagined, dream = self.imagine(starts, wanted, training.imagination_horizon)
-        real = Batch(*(x.to(self.device) for x in real))  # collected on the CPU, imagined on the device
         batch = real if imagined is None else Batch.cat([real, imagined])
         losses = self.ppo.update(batch, self.result.real_steps)
         self.result.imagined_steps += dream["imagined_steps"]

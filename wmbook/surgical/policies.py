@@ -35,7 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from wmbook.agents.iql import IQL
-from wmbook.agents.ppo import PPO, Batch, BernoulliHead, PPOConfig, compute_gae
+from wmbook.agents.ppo import PPO, BernoulliHead, GymSteps, PPOConfig, rollout
 from wmbook.agents.safety import LagrangeMultiplier
 from wmbook.surgical.tdmpc import RISK, OfflineBatch, PlannerConfig, SurgicalTDMPC
 from wmbook.envs import DreamEnv
@@ -183,45 +183,34 @@ def train_ppo_in_world_model(model: SurgicalWorldModel, procedures: Sequence, co
     budget = c.risk_budget if c.risk_budget is not None else expert_risk_budget(procedures)
     multiplier = LagrangeMultiplier(budget, c.lagrange_lr) if c.safety else None
     result = PPOWorldModelResult(ppo)
-    obs = np.stack([env.reset(seed=c.seed + i)[0] for i, env in enumerate(envs)])
-    ep_ret, ep_risk, ep_len = np.zeros(c.num_envs), np.zeros(c.num_envs), np.zeros(c.num_envs)
-    steps, T, N = 0, c.n_steps, c.num_envs
+    dreams = GymSteps(envs, c.seed)
+    result.episode_returns = dreams.episode_returns
+    episode_risk, episode_length = np.zeros(c.num_envs), np.zeros(c.num_envs)
+    risks = []  # (N,) per step: the risk of the step each dream took
+
+    def step(action: torch.Tensor):
+        out = dreams(action)
+        risk = np.array([recorder.last_risk for recorder in recorders])
+        risks.append(torch.as_tensor(risk, dtype=torch.float32))
+        episode_risk[:] += risk
+        episode_length[:] += 1
+        for i in np.flatnonzero(out[2].numpy()):  # episodes that ended: their mean risk per step
+            result.episode_risks.append(float(episode_risk[i] / episode_length[i]))
+            episode_risk[i] = episode_length[i] = 0.0
+        return out
+
+    steps = 0
     bar = tqdm(total=c.total_timesteps, desc="PPO in the world model", disable=not progress, leave=False)
     while steps < c.total_timesteps:
-        buf_obs, buf_act = torch.zeros(T, N, obs_dim), torch.zeros(T, N, model.config.n_actions)
-        buf_logp, buf_val, buf_next = torch.zeros(T, N), torch.zeros(T, N), torch.zeros(T, N)
-        buf_rew, buf_risk = torch.zeros(T, N), torch.zeros(T, N)
-        buf_term, buf_end = torch.zeros(T, N, dtype=torch.bool), torch.zeros(T, N, dtype=torch.bool)
-        for t in range(T):
-            obs_t = torch.as_tensor(obs)
-            action, log_prob, value = ppo.net.act(obs_t, ppo.generator)
-            buf_obs[t], buf_act[t], buf_logp[t], buf_val[t] = obs_t, action, log_prob, value
-            final = np.empty_like(obs)
-            for i, env in enumerate(envs):
-                next_obs, reward, terminated, truncated, _ = env.step(action[i].numpy().astype(np.int8))
-                risk = recorders[i].last_risk
-                buf_rew[t, i], buf_risk[t, i] = reward, risk
-                buf_term[t, i], buf_end[t, i] = terminated, terminated or truncated
-                ep_ret[i] += reward
-                ep_risk[i] += risk
-                ep_len[i] += 1
-                final[i] = next_obs
-                if terminated or truncated:
-                    result.episode_returns.append(float(ep_ret[i]))
-                    result.episode_risks.append(float(ep_risk[i] / ep_len[i]))
-                    ep_ret[i] = ep_risk[i] = ep_len[i] = 0.0
-                    next_obs, _ = env.reset()
-                obs[i] = next_obs
-            with torch.no_grad():
-                buf_next[t] = ppo.net.value(torch.as_tensor(final))
-            steps += N
-            bar.update(N)
-        rewards = buf_rew if multiplier is None else multiplier.penalise(buf_rew, buf_risk)
-        advantages, returns = compute_gae(rewards, buf_val, buf_next, buf_term, buf_end, c.gamma, c.gae_lambda)
-        ppo.update(Batch(buf_obs.flatten(0, 1), buf_act.flatten(0, 1), buf_logp.flatten(),
-                         advantages.flatten(), returns.flatten()), steps)
+        risks.clear()
+        data = rollout(ppo, dreams.observations(), step, c.n_steps)
+        steps += c.n_steps * c.num_envs
+        bar.update(c.n_steps * c.num_envs)
+        risk = torch.stack(risks)
+        rewards = data.rewards if multiplier is None else multiplier.penalise(data.rewards, risk)
+        ppo.update(data.batch(c.gamma, c.gae_lambda, rewards=rewards), steps)
         if multiplier is not None:  # dual ascent on the risk this rollout measured
-            result.lagrange.append(multiplier.update(float(buf_risk.mean())))
+            result.lagrange.append(multiplier.update(float(risk.mean())))
     bar.close()
     result.seconds = time.perf_counter() - started
     return result
