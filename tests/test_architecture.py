@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "wmbook"
 # lowest first: a module may import from its own layer and the layers below it
 LAYERS = [
     ("utilities", ["wmbook.device", "wmbook.checkpoint", "wmbook.config", "wmbook.stats", "wmbook.runner", "wmbook.plotting",
-                   "wmbook.policies", "wmbook.buffers"]),
+                   "wmbook.policies", "wmbook.buffers", "wmbook.buffers.*"]),
     ("models", ["wmbook.models", "wmbook.models.*"]),
     ("environments", ["wmbook.envs", "wmbook.evaluation", "wmbook.pixels", "wmbook.rollout"]),
     ("agents", ["wmbook.agents", "wmbook.agents.*"]),

@@ -484,20 +484,7 @@ def test_buffer_matches_a_plain_list_of_transitions(seed, tmp_path):
         assert len(buffer) == plain.size
 
 
-def test_linked_observations_are_stored_once():
-    buffer = ReplayBuffer(1000, (16, 16))
-    rng = np.random.default_rng(0)
-    for _ in range(20):  # 20 episodes of 50 steps
-        states = rng.normal(size=(51, 16, 16)).astype(np.float32)
-        ends = np.arange(50) == 49
-        buffer.add_batch(states[:-1], np.zeros(50, np.int64), np.ones(50), states[1:], ends)
-    one_copy = buffer.obs.nbytes
-    # the old layout held obs and next_obs side by side: more than twice this
-    assert buffer.nbytes < 1.1 * one_copy
-    assert torch.equal(buffer.all().next_obs[:49], buffer.all().obs[1:50])
-
-
-def test_a_changed_next_obs_bit_is_kept_apart_and_returned():
+def test_a_next_obs_is_returned_bit_for_bit():
     buffer = ReplayBuffer(5, (1,))
     buffer.add(np.array([1.0]), 0, 0.0, np.array([0.0]), False)
     buffer.add(np.array([-0.0]), 0, 0.0, np.array([2.0]), False)  # equal to 0.0, other bits
@@ -562,30 +549,10 @@ def test_sample_windows_errors():
 # -- file formats -----------------------------------------------------------------------
 
 
-def test_load_reads_the_earlier_format_with_next_obs_in_full(tmp_path):
-    source = _filled(6, 9, seed=2)  # wrapped, every next_obs differs from the following obs
-    expected = source.all()
-    meta = {"format": 1, "capacity": 6, "obs_shape": [3], "action_shape": [], "action_dtype": "<i8",
-            "next": 3, "size": 6, "rng_state": source.rng.bit_generator.state}
-    slots = source.chronological_indices()
-    next_obs = np.zeros((6, 3), np.float32)
-    next_obs[slots] = expected.next_obs.numpy()
-    path = tmp_path / "old.npz"
-    np.savez(path, meta=np.array(json.dumps(meta)), obs=source.obs, action=source.action, reward=source.reward,
-             next_obs=next_obs, terminated=source.terminated, truncated=source.truncated)
-    loaded = ReplayBuffer.load(path)
-    for name in ("obs", "action", "reward", "next_obs", "terminated", "truncated"):
-        assert torch.equal(getattr(loaded.all(), name), getattr(expected, name)), name
-    assert torch.equal(loaded.sample(8).obs, source.sample(8).obs)
-
-
-def test_load_kept_next_obs_must_cover_the_newest_transition(tmp_path):
+def test_load_refuses_another_format_naming_it(tmp_path):
     path = _filled(4, 3).save(tmp_path / "b.npz")
     with np.load(path) as data:
-        slots, kept = data["kept_slots"], data["kept_next_obs"]
-    _resave(path, kept_slots=slots[:-1], kept_next_obs=kept[:-1])
-    with pytest.raises(ValueError, match="kept_slots must be distinct stored slots including the newest"):
-        ReplayBuffer.load(path)
-    _resave(path, kept_next_obs=kept[:1])
-    with pytest.raises(ValueError, match="kept_next_obs"):
+        meta = json.loads(str(data["meta"]))
+    _resave(path, meta=np.array(json.dumps({**meta, "format": 2})))
+    with pytest.raises(ValueError, match="buffer format 2, expected 1"):
         ReplayBuffer.load(path)

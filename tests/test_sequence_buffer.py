@@ -55,8 +55,8 @@ def _assert_same_state(a, b):
 def test_one_episode_follows_the_dreamer_convention():
     buffer = SequenceBuffer(20, (2,), seed=0)
     _add_stepwise(buffer, *_episode(10.0, 3))
-    assert len(buffer) == buffer.num_steps == 4  # reset observation + one per transition
-    assert buffer.num_episodes == 1 and buffer.num_transitions == 3 and not buffer.episode_open
+    assert len(buffer) == 4  # reset observation + one per transition
+    assert buffer.num_episodes == 1 and not buffer.episode_open
     batch = buffer.sample(2, 4)  # the only chunk of 4 steps is the whole episode
     assert isinstance(batch, SequenceBatch) and len(batch) == 2 and batch.length == 4
     assert batch.obs[0, :, 0].tolist() == [10, 11, 12, 13]
@@ -198,7 +198,8 @@ def test_frame_observation_storage_is_one_copy():
     buffer = SequenceBuffer(n, (64, 64, 3), obs_dtype=np.uint8)
     assert buffer.obs.nbytes == n * 64 * 64 * 3  # 12 KiB per step, no next_obs copy
     # beside it, per step: an int64 action, a float32 reward and three bool flags
-    assert buffer.nbytes == n * (64 * 64 * 3 + 8 + 4 + 3)
+    others = (buffer.action, buffer.reward, buffer.terminated, buffer.truncated, buffer.is_first)
+    assert sum(array.nbytes for array in others) == n * (8 + 4 + 3)
 
 
 def test_multibinary_actions_are_stored_as_bool_and_returned_as_float():

@@ -1,14 +1,6 @@
-"""Replay storage: single transitions for Q-learning and one-step models, whole episodes for
-recurrent world models.
-
-:class:`ReplayBuffer` keeps ``capacity`` transitions in preallocated NumPy arrays (a ring: the
-oldest transition is overwritten once it is full), stores each observation once, adds in O(1),
-samples transitions or windows of consecutive transitions uniformly into torch tensors on any
-device, and round-trips through ``.npz``.
-
-:class:`SequenceBuffer` keeps whole episodes (one observation per time step, frames as uint8) and
-samples fixed-length chunks of consecutive time steps for recurrent models (MDN-RNN, RSSM).
-"""
+"""Whole episodes for recurrent world models: :class:`SequenceBuffer` keeps episodes (one
+observation per time step, frames as uint8) and samples fixed-length chunks of consecutive time
+steps (MDN-RNN, RSSM) as a :class:`SequenceBatch`."""
 
 from __future__ import annotations
 
@@ -22,454 +14,13 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 import torch
 
+from wmbook.buffers.replay import checked, read_npz
 from wmbook.checkpoint import atomic_write
 from wmbook.device import to_device
 
 if TYPE_CHECKING:
     import gymnasium as gym
 
-_BUFFER_FORMAT = 2  # 2: each observation stored once; 1 (still read): obs and next_obs side by side
-_FIELDS = ("obs", "action", "reward", "next_obs", "terminated", "truncated")
-_STORED = ("obs", "action", "reward", "terminated", "truncated")  # arrays of one row per slot
-
-
-@dataclass(frozen=True)
-class Transitions:
-    """A batch of ``B`` transitions as tensors.
-
-    Shapes: ``obs`` and ``next_obs`` ``(B, *obs_shape)`` float32; ``action`` ``(B,
-    *action_shape)`` (int64 for discrete actions); ``reward`` ``(B,)`` float32; ``terminated``
-    and ``truncated`` ``(B,)`` bool. ``terminated`` is a true end of the task (the pole fell);
-    ``truncated`` is a time limit, after which the task would have gone on.
-    """
-
-    obs: torch.Tensor
-    action: torch.Tensor
-    reward: torch.Tensor
-    next_obs: torch.Tensor
-    terminated: torch.Tensor
-    truncated: torch.Tensor
-
-    def __len__(self) -> int:
-        return self.obs.shape[0]
-
-    def to(self, device: torch.device | str) -> "Transitions":
-        return Transitions(*(to_device(getattr(self, f.name), device) for f in fields(self)))
-
-    def index(self, idx: torch.Tensor | slice) -> "Transitions":
-        """The transitions at ``idx`` (a slice, or an index tensor on the same device)."""
-        return Transitions(*(getattr(self, f.name)[idx] for f in fields(self)))
-
-    @staticmethod
-    def cat(batches: "list[Transitions]") -> "Transitions":
-        """Several batches joined into one, in order."""
-        return Transitions(*(torch.cat([getattr(b, f.name) for b in batches]) for f in fields(Transitions)))
-
-    def step(self, t: int) -> "Transitions":
-        """Step ``t`` of a batch of windows ``(B, k, ...)``, as a batch of transitions ``(B, ...)``."""
-        return Transitions(*(getattr(self, f.name)[:, t] for f in fields(self)))
-
-    def flatten(self) -> "Transitions":
-        """Windows ``(B, k, ...)`` as ``B * k`` single transitions (single transitions unchanged)."""
-        if self.reward.ndim == 1:
-            return self
-        batch_dims = self.reward.ndim
-        return Transitions(*(getattr(self, f.name).flatten(0, batch_dims - 1) for f in fields(self)))
-
-
-# NumPy dtype kinds each field accepts, and how an error message names them.
-_KIND_NAMES = {"fiub": "numeric", "fiu": "numeric", "iub": "integer", "iu": "integer", "biu": "bool"}
-
-
-def _checked(name: str, value, shape: tuple[int, ...], kinds: str, finite: bool) -> np.ndarray:
-    """``value`` as an array, once its shape, its dtype kind and (with ``finite``) its values pass."""
-    array = np.asarray(value)
-    if array.shape != shape:
-        raise ValueError(f"{name} has shape {array.shape}, this buffer stores {name} of shape {shape}")
-    if array.dtype.kind not in kinds:
-        raise TypeError(f"{name} has dtype {array.dtype}; this buffer stores {_KIND_NAMES[kinds]} {name}")
-    if finite and array.dtype.kind == "f" and not np.all(np.isfinite(array)):
-        bad = np.count_nonzero(~np.isfinite(array))
-        shown = repr(value) if array.size <= 16 else f"{bad} of {array.size} values"
-        raise ValueError(f"{name} contains NaN or infinity: {shown}")
-    return array
-
-
-def _same_bits(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Whether float32 rows ``a[i]`` and ``b[i]`` are identical bit for bit (``(n, ...)`` -> ``(n,)``).
-
-    Stricter than ``==``, which calls 0.0 and -0.0 equal: a stored copy must give back exactly
-    the value that was added.
-    """
-    same = a.view(np.uint32) == b.view(np.uint32)
-    return np.all(same, axis=tuple(range(1, same.ndim)))
-
-
-def _all_equal(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Whether rows ``a[i]`` and ``b[i]`` are equal value for value (``(n, ...)`` -> ``(n,)``)."""
-    same = a == b
-    return np.all(same, axis=tuple(range(1, same.ndim)))
-
-
-def _read_npz(path: Path, kind: str, required: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Every array of the ``.npz`` file at ``path``; a missing or unreadable file, or one
-    without the ``required`` arrays, raises an error that names the ``kind`` of buffer."""
-    if not path.is_file():
-        raise FileNotFoundError(f"no {kind} file at {path}")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
-    except Exception as error:
-        raise ValueError(f"{path} is not a readable .npz {kind}: {error}") from error
-    missing = [key for key in required if key not in arrays]
-    if missing:
-        raise ValueError(f"{path} is not a wmbook {kind}: missing {', '.join(missing)}")
-    return arrays
-
-
-class ReplayBuffer:
-    """A fixed-capacity ring of transitions with uniform sampling.
-
-    Each observation is stored once. Inside an episode the ``next_obs`` of a transition is the
-    ``obs`` of the transition added right after it, and is read from there; only a ``next_obs``
-    with no such successor (an episode's last step, the newest transition, the last one of a
-    separately collected batch) is kept in a small separate store, which grows as needed. Two
-    transitions are linked when the values agree bit for bit, so every read gives back exactly
-    what was added.
-
-    Args:
-        capacity: how many transitions to keep; older ones are overwritten.
-        obs_shape: shape of one observation, e.g. ``(4,)`` for CartPole.
-        action_shape: shape of one action: ``()`` for a discrete action index.
-        action_dtype: ``np.int64`` for discrete actions, ``np.float32`` for continuous ones.
-        seed: seed of the buffer's own sampling generator (used by :meth:`sample` and
-            :meth:`sample_windows`).
-    """
-
-    def __init__(
-        self,
-        capacity: int,
-        obs_shape: tuple[int, ...],
-        action_shape: tuple[int, ...] = (),
-        action_dtype: type | np.dtype = np.int64,
-        seed: int = 0,
-    ):
-        if int(capacity) < 1:
-            raise ValueError(f"capacity must be positive, got {capacity}")
-        self.capacity = int(capacity)
-        self.obs_shape = tuple(int(d) for d in obs_shape)
-        self.action_shape = tuple(int(d) for d in action_shape)
-        self.action_dtype = np.dtype(action_dtype)
-        if self.action_dtype.kind not in "iuf":
-            raise ValueError(f"action_dtype must be an integer or float type, got {self.action_dtype}")
-        self.obs = np.zeros((self.capacity, *self.obs_shape), dtype=np.float32)
-        self.action = np.zeros((self.capacity, *self.action_shape), dtype=self.action_dtype)
-        self.reward = np.zeros(self.capacity, dtype=np.float32)
-        self.terminated = np.zeros(self.capacity, dtype=bool)
-        self.truncated = np.zeros(self.capacity, dtype=bool)
-        # next_obs of slot i: obs[i + 1] where _kept_row[i] is -1, else _kept_obs[_kept_row[i]]
-        self._kept_row = np.full(self.capacity, -1, dtype=np.int32)
-        self._kept_obs = np.zeros((0, *self.obs_shape), dtype=np.float32)
-        self._free_rows = np.zeros(0, dtype=np.int32)  # a stack of unused rows of _kept_obs
-        self._n_free = 0
-        # the transition in slot i goes on, in the same episode, with the one in slot i + 1
-        self._continues = np.zeros(self.capacity, dtype=bool)
-        self.rng = np.random.default_rng(seed)
-        self._next = 0  # slot the next transition goes to
-        self._size = 0
-
-    def __len__(self) -> int:
-        return self._size
-
-    @property
-    def full(self) -> bool:
-        return self._size == self.capacity
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held by the storage: observations once, the ``next_obs`` kept apart, the rest."""
-        arrays = (self.obs, self._kept_obs, self.action, self.reward, self.terminated, self.truncated,
-                  self._kept_row, self._free_rows, self._continues)
-        return sum(array.nbytes for array in arrays)
-
-    def __repr__(self) -> str:
-        return (
-            f"ReplayBuffer({self._size}/{self.capacity} transitions, obs {self.obs_shape}, "
-            f"action {self.action_shape} {self.action_dtype})"
-        )
-
-    # -- adding -------------------------------------------------------------------------
-
-    def _action_kinds(self) -> str:
-        """dtype kinds an action may have: integers for a discrete buffer, numbers otherwise."""
-        return "iub" if self.action_dtype.kind in "iu" else "fiu"
-
-    def add(self, obs, action, reward, next_obs, terminated: bool, truncated: bool = False) -> None:
-        """Store one transition, overwriting the oldest once the buffer is full."""
-        # check every field before writing any, so a rejected transition changes nothing
-        checked = (
-            _checked("obs", obs, self.obs_shape, "fiub", True),
-            _checked("action", action, self.action_shape, self._action_kinds(), True),
-            _checked("reward", reward, (), "fiub", True),
-            _checked("next_obs", next_obs, self.obs_shape, "fiub", True),
-            _checked("terminated", terminated, (), "biu", False),
-            _checked("truncated", truncated, (), "biu", False),
-        )
-        self._write(*(value[None] for value in checked))
-
-    def add_batch(self, obs, action, reward, next_obs, terminated, truncated=None) -> None:
-        """Store ``B`` transitions at once (leading dimension ``B`` on every argument)."""
-        obs = np.asarray(obs)
-        n = obs.shape[0] if obs.ndim else 0
-        if truncated is None:
-            truncated = np.zeros(n, dtype=bool)
-        arrays = (
-            _checked("obs", obs, (n, *self.obs_shape), "fiub", True),
-            _checked("action", action, (n, *self.action_shape), self._action_kinds(), True),
-            _checked("reward", reward, (n,), "fiub", True),
-            _checked("next_obs", next_obs, (n, *self.obs_shape), "fiub", True),
-            _checked("terminated", terminated, (n,), "biu", False),
-            _checked("truncated", truncated, (n,), "biu", False),
-        )
-        # only the newest `capacity` transitions survive
-        self._write(*(value[-self.capacity :] for value in arrays))
-
-    def _write(self, obs, action, reward, next_obs, terminated, truncated) -> None:
-        """Put ``n <= capacity`` checked transitions (leading dimension ``n``) after the newest."""
-        n = len(reward)
-        if n == 0:
-            return
-        obs = np.asarray(obs, dtype=np.float32)  # links are decided on the stored precision
-        next_obs = np.asarray(next_obs, dtype=np.float32)
-        ended = np.asarray(terminated, dtype=bool) | np.asarray(truncated, dtype=bool)
-        # the newest stored transition precedes this batch, unless the batch overwrites it
-        previous = (self._next - 1) % self.capacity if self._size and n < self.capacity else None
-        slots = (self._next + np.arange(n)) % self.capacity
-        self._release(self._kept_row[slots])  # the overwritten transitions' kept next_obs
-        self._kept_row[slots] = -1
-        for key, value in zip(_STORED, (obs, action, reward, terminated, truncated)):
-            getattr(self, key)[slots] = value
-        # inside the batch, next_obs[k] is read from obs[k + 1] when the two agree
-        kept = np.ones(n, dtype=bool)
-        kept[:-1] = ~_same_bits(next_obs[:-1], obs[1:])
-        rows = self._take_rows(int(kept.sum()))
-        self._kept_obs[rows] = next_obs[kept]
-        self._kept_row[slots[kept]] = rows
-        continues = np.zeros(n, dtype=bool)
-        continues[:-1] = ~ended[:-1] & _all_equal(next_obs[:-1], obs[1:])
-        self._continues[slots] = continues
-        if previous is not None:
-            self._link(previous, obs[0])
-        self._next = (self._next + n) % self.capacity
-        self._size = min(self._size + n, self.capacity)
-
-    def _link(self, slot: int, obs: np.ndarray) -> None:
-        """Decide whether the transition in ``slot``, so far the newest, leads to ``obs``."""
-        row = self._kept_row[slot]  # the newest transition always has its next_obs kept apart
-        next_obs = self._kept_obs[row]
-        ended = self.terminated[slot] or self.truncated[slot]
-        self._continues[slot] = not ended and bool(np.all(next_obs == obs))
-        if _same_bits(next_obs[None], obs[None])[0]:
-            self._release(np.array([row]))
-            self._kept_row[slot] = -1
-
-    def _take_rows(self, n: int) -> np.ndarray:
-        """``n`` unused rows of the kept next_obs store, which doubles in size when short.
-
-        It never needs more than ``capacity`` rows: each belongs to one stored transition.
-        """
-        if n > self._n_free:
-            old = len(self._kept_obs)
-            new = min(self.capacity, max(2 * old, old + n - self._n_free, 16))
-            grown = np.zeros((new, *self.obs_shape), dtype=np.float32)
-            grown[:old] = self._kept_obs
-            free = np.zeros(new, dtype=np.int32)
-            free[: self._n_free] = self._free_rows[: self._n_free]
-            free[self._n_free : self._n_free + new - old] = np.arange(old, new)
-            self._kept_obs, self._free_rows = grown, free
-            self._n_free += new - old
-        self._n_free -= n
-        return self._free_rows[self._n_free : self._n_free + n].copy()
-
-    def _release(self, rows: np.ndarray) -> None:
-        """Give rows of the kept next_obs store back (entries of -1 are ignored)."""
-        rows = rows[rows >= 0]
-        self._free_rows[self._n_free : self._n_free + len(rows)] = rows
-        self._n_free += len(rows)
-
-    # -- reading ------------------------------------------------------------------------
-
-    def _next_obs_at(self, slots: np.ndarray) -> np.ndarray:
-        """The ``next_obs`` of the transitions in ``slots`` (any shape ``S``), ``(*S, *obs_shape)``."""
-        rows = self._kept_row[slots]
-        next_obs = self.obs[(slots + 1) % self.capacity]
-        kept = rows >= 0
-        next_obs[kept] = self._kept_obs[rows[kept]]
-        return next_obs
-
-    def _gather(self, idx: np.ndarray, device: torch.device | str) -> Transitions:
-        arrays = {key: getattr(self, key)[idx] for key in _STORED}
-        arrays["next_obs"] = self._next_obs_at(idx)
-        return Transitions(*(torch.from_numpy(arrays[key]) for key in _FIELDS)).to(device)
-
-    def sample(self, batch_size: int, device: torch.device | str = "cpu") -> Transitions:
-        """``batch_size`` transitions drawn uniformly with replacement, as tensors on ``device``."""
-        if self._size == 0:
-            raise ValueError("cannot sample from an empty ReplayBuffer")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        return self._gather(self.rng.integers(0, self._size, size=batch_size), device)
-
-    def chronological_indices(self) -> np.ndarray:
-        """Storage slots from the oldest stored transition to the newest."""
-        start = self._next if self.full else 0
-        return (start + np.arange(self._size)) % self.capacity
-
-    def all(self, device: torch.device | str = "cpu") -> Transitions:
-        """Every stored transition, oldest first, as tensors on ``device``."""
-        return self._gather(self.chronological_indices(), device)
-
-    def _window_starts(self, length: int) -> tuple[np.ndarray, np.ndarray]:
-        """Storage slots oldest first, and the positions in that order where a window of
-        ``length`` consecutive transitions of one episode starts."""
-        if length < 1:
-            raise ValueError(f"window length must be at least 1, got {length}")
-        order = self.chronological_indices()
-        joined = self._continues[order[:-1]]
-        # a window starting at position p needs links p -> p+1, ..., p+length-2 all joined
-        broken = np.concatenate([[0], np.cumsum(~joined)])
-        starts = np.arange(max(0, self._size - length + 1))
-        return order, starts[broken[starts + length - 1] - broken[starts] == 0]
-
-    def windows(self, length: int, device: torch.device | str = "cpu") -> Transitions:
-        """Every run of ``length`` consecutive transitions of one episode, as ``Transitions``
-        of shape ``(N, length, ...)``, oldest first.
-
-        A window may end with an episode's last transition but never crosses an episode end.
-        Consecutiveness is checked on the data (each ``next_obs`` is the following ``obs``), so
-        separately collected batches are never joined. All ``N`` windows are built at once,
-        about ``length`` times the memory of the buffer; :meth:`sample_windows` draws a few.
-        """
-        order, starts = self._window_starts(length)
-        return self._gather(order[starts[:, None] + np.arange(length)[None, :]], device)
-
-    def sample_windows(self, batch_size: int, length: int, device: torch.device | str = "cpu") -> Transitions:
-        """``batch_size`` windows drawn uniformly with replacement from those :meth:`windows`
-        returns, as ``Transitions`` of shape ``(batch_size, length, ...)`` on ``device``.
-
-        Only the drawn windows are gathered; finding the valid starts takes one pass over the
-        buffer's links (a few integers per transition).
-        """
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        order, starts = self._window_starts(length)
-        if len(starts) == 0:
-            raise ValueError(
-                f"no window of {length} consecutive transitions inside one episode among the "
-                f"{self._size} stored: use a shorter length or collect more data"
-            )
-        picked = starts[self.rng.integers(0, len(starts), size=batch_size)]
-        return self._gather(order[picked[:, None] + np.arange(length)[None, :]], device)
-
-    @property
-    def episode_starts(self) -> np.ndarray:
-        """Positions (in :meth:`all` order) where an episode begins."""
-        order = self.chronological_indices()
-        ends = self.terminated[order] | self.truncated[order]
-        return np.flatnonzero(np.concatenate([[True], ends[:-1]])) if self._size else np.zeros(0, int)
-
-    # -- files --------------------------------------------------------------------------
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the buffer (contents, position and sampling state) to ``path`` (.npz), atomically.
-
-        Observations are written once; the ``next_obs`` kept apart go with their slots.
-        """
-        path = Path(path)
-        kept_slots = np.flatnonzero(self._kept_row >= 0)  # only stored slots keep a next_obs
-        meta = {
-            "format": _BUFFER_FORMAT,
-            "capacity": self.capacity,
-            "obs_shape": list(self.obs_shape),
-            "action_shape": list(self.action_shape),
-            "action_dtype": self.action_dtype.str,
-            "next": self._next,
-            "size": self._size,
-            "rng_state": self.rng.bit_generator.state,
-        }
-        with atomic_write(path, "wb") as handle:
-            np.savez_compressed(
-                handle, meta=np.array(json.dumps(meta)), **{key: getattr(self, key) for key in _STORED},
-                kept_slots=kept_slots, kept_next_obs=self._kept_obs[self._kept_row[kept_slots]],
-            )
-        return path
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "ReplayBuffer":
-        """Read a buffer written by :meth:`save` (this format or the earlier one that stored
-        ``next_obs`` in full); a missing or malformed file raises a clear error."""
-        path = Path(path)
-        arrays = _read_npz(path, "replay buffer", ("meta", *_STORED))
-        try:
-            meta = json.loads(str(arrays["meta"]))
-            buffer = cls(meta["capacity"], tuple(meta["obs_shape"]), tuple(meta["action_shape"]),
-                         np.dtype(meta["action_dtype"]))
-            size, next_slot = int(meta["size"]), int(meta["next"])
-            buffer.rng.bit_generator.state = meta["rng_state"]
-        except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"{path} has malformed buffer metadata: {error!r}") from error
-        file_format = meta.get("format")
-        if file_format not in (1, _BUFFER_FORMAT):
-            raise ValueError(f"{path} has buffer format {file_format!r}, expected {_BUFFER_FORMAT}")
-        per_format = ("next_obs",) if file_format == 1 else ("kept_slots", "kept_next_obs")
-        missing = [key for key in per_format if key not in arrays]
-        if missing:
-            raise ValueError(f"{path} is not a format {file_format} replay buffer: missing {', '.join(missing)}")
-        expected = {key: getattr(buffer, key) for key in _STORED}
-        if file_format == 1:
-            expected["next_obs"] = buffer.obs  # one next_obs per slot, shaped like obs
-        for key in expected:
-            if arrays[key].shape != expected[key].shape or arrays[key].dtype != expected[key].dtype:
-                raise ValueError(
-                    f"{path}: array '{key}' is {arrays[key].dtype}{list(arrays[key].shape)}, the "
-                    f"metadata implies {expected[key].dtype}{list(expected[key].shape)}"
-                )
-        if not (0 <= size <= buffer.capacity and 0 <= next_slot < buffer.capacity
-                and (size in (next_slot, buffer.capacity))):
-            raise ValueError(f"{path}: size {size} / position {next_slot} do not fit capacity {buffer.capacity}")
-        order = (next_slot - size + np.arange(size)) % buffer.capacity  # oldest first
-        if file_format == 1:
-            next_obs = arrays["next_obs"][order]
-        else:
-            next_obs = cls._kept_to_full(path, arrays, order, buffer.capacity, buffer.obs_shape)
-        # rewriting the transitions in their slots rebuilds the links exactly as they were
-        buffer._next = int(order[0]) if size else next_slot
-        buffer._write(*(arrays[key][order] for key in ("obs", "action", "reward")), next_obs,
-                      arrays["terminated"][order], arrays["truncated"][order])
-        return buffer
-
-    @staticmethod
-    def _kept_to_full(path: Path, arrays: dict[str, np.ndarray], order: np.ndarray, capacity: int,
-                      obs_shape: tuple[int, ...]) -> np.ndarray:
-        """The ``next_obs`` of every stored slot (``order``), from a format-2 file's arrays."""
-        slots, kept = arrays["kept_slots"], arrays["kept_next_obs"]
-        if (slots.ndim != 1 or slots.dtype.kind not in "iu" or kept.shape != (len(slots), *obs_shape)
-                or kept.dtype != np.float32):
-            raise ValueError(f"{path}: kept_slots {slots.dtype}{list(slots.shape)} and kept_next_obs "
-                             f"{kept.dtype}{list(kept.shape)} do not match float32 next_obs of shape {obs_shape}")
-        position = np.full(capacity, -1)
-        position[order] = np.arange(len(order))
-        inside = (slots >= 0) & (slots < capacity)
-        if (not inside.all() or len(np.unique(slots)) != len(slots) or np.any(position[slots] < 0)
-                or (len(order) and order[-1] not in slots)):
-            raise ValueError(f"{path}: kept_slots must be distinct stored slots including the newest, "
-                             f"got {slots[:10].tolist()}")
-        next_obs = arrays["obs"][(order + 1) % capacity]
-        next_obs[position[slots]] = kept
-        return next_obs
-
-
-# -- whole episodes ---------------------------------------------------------------------
 
 ACTION_KINDS = ("discrete", "multibinary", "continuous")
 _ACTION_DTYPES = {"discrete": np.int64, "multibinary": np.bool_, "continuous": np.float32}
@@ -656,12 +207,8 @@ class SequenceBuffer:
         raise TypeError(f"unsupported action space {action_space}: use Discrete, MultiBinary or Box")
 
     def __len__(self) -> int:
-        return self._end - self._first
-
-    @property
-    def num_steps(self) -> int:
         """Stored time steps (observations), each episode's first included; what capacity counts."""
-        return len(self)
+        return self._end - self._first
 
     @property
     def num_episodes(self) -> int:
@@ -669,20 +216,9 @@ class SequenceBuffer:
         return len(self._episode_starts)
 
     @property
-    def num_transitions(self) -> int:
-        """Stored actions: ``num_steps - num_episodes``."""
-        return self.num_steps - self.num_episodes
-
-    @property
     def episode_open(self) -> bool:
         """Whether :meth:`add` may extend the newest episode (it has had no flag yet)."""
         return self._open
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held by the preallocated storage."""
-        arrays = (self.obs, self.action, self.reward, self.terminated, self.truncated, self.is_first)
-        return sum(array.nbytes for array in arrays)
 
     def __repr__(self) -> str:
         return (
@@ -706,7 +242,7 @@ class SequenceBuffer:
             if array.size and (array.min() < 0 or array.max() > 255):
                 raise ValueError(f"{name} has values in [{array.min()}, {array.max()}]; uint8 frames hold 0..255")
             return array.astype(np.uint8)
-        array = _checked(name, array, shape, "fiub", finite=False)
+        array = checked(name, array, shape, "fiub", finite=False)
         with np.errstate(over="ignore"):  # values beyond float32 become inf, refused below
             stored = array.astype(np.float32)
         if not np.all(np.isfinite(stored)):
@@ -718,26 +254,26 @@ class SequenceBuffer:
     def _check_action(self, action, shape: tuple[int, ...]) -> np.ndarray:
         """``action`` of ``shape`` (batch dimensions first) in the stored dtype."""
         if self.action_kind == "discrete":
-            array = _checked("action", action, shape, "iu", finite=False)
+            array = checked("action", action, shape, "iu", finite=False)
             high = self.n_actions
             if array.size and (array.min() < 0 or (high is not None and array.max() >= high)):
                 allowed = f"0..{high - 1}" if high is not None else "non-negative"
                 raise ValueError(f"action holds indices in [{array.min()}, {array.max()}]; allowed: {allowed}")
             return array.astype(np.int64)
         if self.action_kind == "multibinary":
-            array = _checked("action", action, shape, "fiub", finite=False)
+            array = checked("action", action, shape, "fiub", finite=False)
             if array.dtype.kind != "b" and not np.all((array == 0) | (array == 1)):
                 others = np.unique(array[(array != 0) & (array != 1)])
                 raise ValueError(f"a multi-label action holds only 0 and 1, got {others[:5].tolist()}")
             return array.astype(bool)
-        array = _checked("action", action, shape, "fiu", finite=True)
+        array = checked("action", action, shape, "fiu", finite=True)
         return array.astype(np.float32)
 
     def _check_steps(self, reward, terminated, truncated, shape: tuple[int, ...]):
         """Rewards (float32) and the two end flags (bool), each of ``shape``."""
-        reward = _checked("reward", reward, shape, "fiub", finite=True).astype(np.float32)
-        terminated = _checked("terminated", terminated, shape, "biu", finite=False).astype(bool)
-        truncated = _checked("truncated", truncated, shape, "biu", finite=False).astype(bool)
+        reward = checked("reward", reward, shape, "fiub", finite=True).astype(np.float32)
+        terminated = checked("terminated", terminated, shape, "biu", finite=False).astype(bool)
+        truncated = checked("truncated", truncated, shape, "biu", finite=False).astype(bool)
         return reward, terminated, truncated
 
     # -- adding -------------------------------------------------------------------------
@@ -910,7 +446,7 @@ class SequenceBuffer:
     def load(cls, path: str | os.PathLike) -> "SequenceBuffer":
         """Read a buffer written by :meth:`save`; a missing or malformed file raises a clear error."""
         path = Path(path)
-        arrays = _read_npz(path, "sequence buffer", ("meta", *_STEP_FIELDS, "episode_starts"))
+        arrays = read_npz(path, "sequence buffer", ("meta", *_STEP_FIELDS, "episode_starts"))
         try:
             meta = json.loads(str(arrays["meta"]))
             if not isinstance(meta, dict):
