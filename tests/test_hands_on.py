@@ -93,3 +93,29 @@ def test_chapter_5s_runs_use_the_dreamer_update_defined_on_its_page(tmp_path):
 
     assert_runs_fail_with_the_edit(ROOT / "book" / "05_dreamer_rssm.ipynb", tmp_path, edit,
                                    "the edited dreamer_update ran")
+
+
+def test_every_chapter_hands_its_page_copies_to_its_experiments():
+    """Static half of the contract, for every chapter: each function of a source cell is used
+    by a later cell or by another function on the page, and no cell imports it from the
+    package, so that the name the experiments call is the page's copy."""
+    chapters = 0
+    for notebook in sorted((ROOT / "book").glob("[0-9][0-9]_*.ipynb")):
+        cells = [(i, "".join(c["source"])) for i, c in enumerate(json.loads(notebook.read_text())["cells"])
+                 if c["cell_type"] == "code"]
+        defined = {node.name: index for index, _, code in source_cells(notebook)
+                   for node in ast.parse(code).body}
+        if not defined:
+            continue
+        chapters += 1
+        for index, code in cells:
+            tree = ast.parse("\n".join(l for l in code.splitlines() if not l.lstrip().startswith(("%", "!"))))
+            imported = {a.asname or a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+            assert not imported & set(defined), f"{notebook.name}, cell {index} imports {imported & set(defined)}"
+        for name, home in defined.items():
+            users = [index for index, code in cells
+                     if index > home and any(isinstance(n, ast.Name) and n.id == name for n in ast.walk(ast.parse(code)))]
+            inside = [other for other, where in defined.items() if other != name and where == home
+                      and name in ast.unparse(ast.parse(dict(cells)[home]))]
+            assert users or inside, f"{notebook.name}: nothing after cell {home} uses the page's {name}"
+    assert chapters >= 4

@@ -99,56 +99,51 @@ def imagine(
     if start_states is not None and start_states.ndim < 2:
         raise ValueError(f"start_states must have shape (B, obs_dim), got {tuple(start_states.shape)}")
     world = as_world_model(model, obs_dim=None if start_states is None else start_states.shape[-1])
-    with contextlib.nullcontext() if grad else torch.no_grad():
-        return _imagine(world, start_states, start_latent, horizon, actions, policy, done_threshold)
-
-
-def _imagine(world, start_states, start_latent, horizon, actions, policy, done_threshold) -> Rollout:
     device = model_device(world)
-    if start_latent is None:
-        obs = to_device(start_states, device)
-        if obs.is_floating_point():  # integer observations (e.g. pixels) keep their dtype
-            obs = obs.to(torch.float32)
-        batch = obs.shape[0]
-        is_first = torch.ones(batch, dtype=torch.bool, device=device)
-        latent = world.observe(world.initial_state(batch, device), None, obs, is_first)
-    else:
-        latent = latent_to(start_latent, device)
-        batch = None
-    features = world.features(latent)
-    batch = features.shape[0] if batch is None else batch
-    if actions is not None:
-        expected = getattr(world, "action_shape", None)
-        if (actions.shape[:2] != (batch, horizon)
-                or (expected is not None and actions.shape[2:] != tuple(expected))):
-            wanted = (batch, horizon, *expected) if expected is not None else f"({batch}, {horizon}, ...)"
-            raise ValueError(f"actions must have shape {wanted}, got {tuple(actions.shape)}")
-        actions = to_device(actions, device)  # once, not a copy per step
-    latents, states, taken, rewards, done_probs, continuations, disagreement = (
-        [latent], [features], [], [], [], [], [])
-    for t in range(horizon):
-        action = actions[:, t] if actions is not None else policy(features)
-        step = world.imagine_step(latent, action)
-        latent = step.latent
+    with contextlib.nullcontext() if grad else torch.no_grad():
+        if start_latent is None:  # filter each start observation into a fresh latent
+            obs = to_device(start_states, device)
+            if obs.is_floating_point():  # integer observations (e.g. pixels) keep their dtype
+                obs = obs.to(torch.float32)
+            is_first = torch.ones(obs.shape[0], dtype=torch.bool, device=device)
+            latent = world.observe(world.initial_state(obs.shape[0], device), None, obs, is_first)
+        else:
+            latent = latent_to(start_latent, device)
         features = world.features(latent)
-        latents.append(latent)
-        states.append(features)
-        taken.append(action)
-        rewards.append(step.reward)
-        done_probs.append(step.done_prob)
-        continuations.append(step.continuation)
-        disagreement.append(step.disagreement)
-    done_probs_t = torch.stack(done_probs, 1)
-    ended = (done_probs_t > done_threshold).long()
-    # alive[t]: no predicted termination at any step before t
-    alive = torch.cumsum(ended, 1) - ended == 0
+        if actions is not None:
+            check_actions(world, actions, features.shape[0], horizon)
+            actions = to_device(actions, device)  # once, not a copy per step
+        latents, states, taken, rewards, done_probs, continuations, disagreement = (
+            [latent], [features], [], [], [], [], [])
+        for t in range(horizon):
+            action = actions[:, t] if actions is not None else policy(features)
+            step = world.imagine_step(latent, action)
+            latent = step.latent
+            features = world.features(latent)
+            latents.append(latent)
+            states.append(features)
+            taken.append(action)
+            rewards.append(step.reward)
+            done_probs.append(step.done_prob)
+            continuations.append(step.continuation)
+            disagreement.append(step.disagreement)
+    done_probs = torch.stack(done_probs, 1)
+    ended = (done_probs > done_threshold).long()
+    alive = torch.cumsum(ended, 1) - ended == 0  # alive[t]: no predicted termination before t
     spread = torch.stack(disagreement, 1) if disagreement[0] is not None else None
-    states_t = torch.stack(states, 1)
     # features that are the latent itself need not be stored twice
     same = all(f is l for f, l in zip(states, latents))
-    return Rollout(states_t, torch.stack(taken, 1), torch.stack(rewards, 1), done_probs_t, alive,
-                   spread, states_t if same else latent_stack(latents, 1),
-                   torch.stack(continuations, 1))
+    states = torch.stack(states, 1)
+    return Rollout(states, torch.stack(taken, 1), torch.stack(rewards, 1), done_probs, alive, spread,
+                   states if same else latent_stack(latents, 1), torch.stack(continuations, 1))
+
+
+def check_actions(world, actions: torch.Tensor, batch: int, horizon: int) -> None:
+    """Open-loop actions must be ``(batch, horizon, *action_shape)``."""
+    expected = getattr(world, "action_shape", None)
+    if actions.shape[:2] != (batch, horizon) or (expected is not None and actions.shape[2:] != tuple(expected)):
+        wanted = (batch, horizon, *expected) if expected is not None else f"({batch}, {horizon}, ...)"
+        raise ValueError(f"actions must have shape {wanted}, got {tuple(actions.shape)}")
 
 
 @dataclass

@@ -19,7 +19,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -162,25 +162,8 @@ class DynamicsModel(MarkovWorldModel, nn.Module):
 
     def loss(self, batch: Transitions, outputs: tuple | None = None
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Weighted sum of the three head losses, and each component by name.
-
-        ``next_state`` and ``reward`` are mean squared errors in normalised units, ``done`` is
-        binary cross-entropy against ``terminated`` (a time-limit truncation is not an end).
-        ``outputs``: the head outputs for ``batch`` if already computed.
-        """
-        delta_z, reward_z, done_logit = outputs or self(batch.obs, batch.action)
-        delta_target = self.delta_norm(batch.next_obs - batch.obs)
-        reward_target = self.reward_norm(batch.reward.unsqueeze(-1)).squeeze(-1)
-        done_target = batch.terminated.to(done_logit.dtype)
-        parts = {
-            "next_state": F.mse_loss(delta_z, delta_target),
-            "reward": F.mse_loss(reward_z, reward_target),
-            "done": F.binary_cross_entropy_with_logits(done_logit, done_target),
-        }
-        weights = {"next_state": 1.0, "reward": self.config.reward_weight,
-                   "done": self.config.done_weight}
-        total = sum(weights[key] * parts[key] for key in parts)
-        return total, parts
+        """:func:`dynamics_loss` of this model on ``batch`` (a subclass may change it)."""
+        return dynamics_loss(self, batch, outputs)
 
     # -- checkpoints --------------------------------------------------------------------
 
@@ -207,6 +190,29 @@ class DynamicsModel(MarkovWorldModel, nn.Module):
         return model.to(map_location)
 
 
+def dynamics_loss(model: DynamicsModel, batch: Transitions, outputs: tuple | None = None
+                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The one-step loss of ``model`` on ``batch`` ``(B, ...)``: the weighted sum of the three
+    head losses, and each component by name.
+
+    ``next_state`` and ``reward`` are mean squared errors in normalised units, ``done`` is
+    binary cross-entropy against ``terminated`` (a time-limit truncation is not an end).
+    ``outputs``: the head outputs for ``batch`` if already computed.
+    """
+    delta_z, reward_z, done_logit = outputs or model(batch.obs, batch.action)
+    delta_target = model.delta_norm(batch.next_obs - batch.obs)
+    reward_target = model.reward_norm(batch.reward.unsqueeze(-1)).squeeze(-1)
+    done_target = batch.terminated.to(done_logit.dtype)
+    parts = {
+        "next_state": F.mse_loss(delta_z, delta_target),
+        "reward": F.mse_loss(reward_z, reward_target),
+        "done": F.binary_cross_entropy_with_logits(done_logit, done_target),
+    }
+    weights = {"next_state": 1.0, "reward": model.config.reward_weight, "done": model.config.done_weight}
+    total = sum(weights[key] * parts[key] for key in parts)
+    return total, parts
+
+
 def multistep_loss(model: DynamicsModel, windows: Transitions
                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Mean one-step loss along an imagined rollout of real windows ``(B, k, ...)``.
@@ -230,8 +236,13 @@ def multistep_loss(model: DynamicsModel, windows: Transitions
     return total, parts
 
 
+# loss_fn(model, batch) -> (total, parts by name): what train_dynamics minimises
+LossFn = Callable[[DynamicsModel, Transitions], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
 def batch_loss(model: DynamicsModel, batch: Transitions):
-    """One-step loss for transitions ``(B, ...)``, multi-step loss for windows ``(B, k, ...)``."""
+    """The model's own loss for transitions ``(B, ...)``, the multi-step loss for windows
+    ``(B, k, ...)``: :func:`train_dynamics`'s default ``loss_fn``."""
     return multistep_loss(model, batch) if batch.reward.ndim == 2 else model.loss(batch)
 
 
@@ -298,7 +309,8 @@ def check_transitions(data: Transitions, config: DynamicsConfig, name: str) -> N
 
 
 @torch.no_grad()
-def _mean_losses(model: DynamicsModel, data: Transitions, batch_size: int = 8192) -> dict[str, float]:
+def _mean_losses(model: DynamicsModel, data: Transitions, batch_size: int = 8192,
+                 loss_fn: LossFn = batch_loss) -> dict[str, float]:
     """Mean loss (``total`` and each component) over ``data`` (on the model's device).
 
     Always float32, never under autocast: this is the validation score that picks the best
@@ -307,7 +319,7 @@ def _mean_losses(model: DynamicsModel, data: Transitions, batch_size: int = 8192
     sums = dict.fromkeys(("total", *LOSS_COMPONENTS), 0.0)
     for start in range(0, len(data), batch_size):
         batch = data.index(slice(start, start + batch_size))
-        total, parts = batch_loss(model, batch)
+        total, parts = loss_fn(model, batch)
         for key, value in {"total": total, **parts}.items():
             sums[key] += value.item() * len(batch)
     return {key: value / len(data) for key, value in sums.items()}
@@ -322,6 +334,7 @@ def train_dynamics(
     progress: bool = True,
     checkpoint_path: str | Path | None = None,
     fit_normalizers: bool = True,
+    loss_fn: LossFn | None = None,
 ) -> TrainHistory:
     """Fit ``model`` to ``train`` by minibatch gradient descent, early-stopping on ``val``.
 
@@ -337,6 +350,9 @@ def train_dynamics(
     On ``device`` the data sets are copied once, through pinned memory on CUDA; see
     :class:`TrainConfig` for ``mixed_precision``.
 
+    ``loss_fn(model, batch)``: what is minimised and scored on ``val`` (default
+    :func:`batch_loss`); a chapter hands its own copy of the loss here.
+
     ``fit_normalizers``: set the model's statistics from ``train`` before the first update (a
     fresh model needs it). Pass ``False`` to keep the statistics the model has, e.g. a
     warm-started model whose statistics :meth:`DynamicsModel.update_normalizers` has moved.
@@ -347,6 +363,7 @@ def train_dynamics(
     earlier training saw (a split that stays fixed as the data grow).
     """
     config = config or TrainConfig()
+    loss_fn = loss_fn or batch_loss
     check_transitions(train, model.config, "train")
     check_transitions(val, model.config, "val")
     device = torch.device(device)
@@ -379,7 +396,7 @@ def train_dynamics(
         if fit_normalizers:
             model.fit_normalizers(train)
         # the starting weights compete too: a warm-started model may already be the best
-        history.initial_val = history.best_val = _mean_losses(model, val)["total"]
+        history.initial_val = history.best_val = _mean_losses(model, val, loss_fn=loss_fn)["total"]
         best_state = copy.deepcopy(model.state_dict())
 
     started = time.perf_counter() - history.seconds
@@ -394,7 +411,7 @@ def train_dynamics(
             # Autocast is safe here: inputs and targets are standardised to O(1), the losses
             # themselves run in float32 under autocast, and gradients land in float32 weights.
             with autocast(device, enabled=config.mixed_precision):
-                total, parts = batch_loss(model, train.index(rows))
+                total, parts = loss_fn(model, train.index(rows))
             if not torch.isfinite(total):
                 raise FloatingPointError(
                     f"training diverged at epoch {epoch}, step {step}: loss is "
@@ -409,7 +426,7 @@ def train_dynamics(
             for key, value in {"total": total, **parts}.items():
                 sums[key] += value.item()
         model.eval()
-        val_losses = _mean_losses(model, val)
+        val_losses = _mean_losses(model, val, loss_fn=loss_fn)
         for key in sums:
             history.train[key].append(sums[key] / steps_per_epoch)
             history.val[key].append(val_losses[key])
