@@ -16,12 +16,10 @@ The pieces, in the order a training run uses them:
    the clipped surrogate ``-min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A)`` with advantages
    normalised per minibatch, the value loss ``0.5 (V - R)^2``, an entropy bonus, gradients
    clipped to ``max_grad_norm``; learning rate and clip range annealed linearly to zero.
-5. :func:`rollout`: ``n_steps`` of the policy in any environment written as a step function
-   (real environments side by side, :class:`GymSteps`; a world model's dream), the one way
-   every trainer here collects PPO's data; :meth:`Rollout.batch` turns it into advantages.
-6. :func:`train_ppo`: the loop for environments with vector observations (used by the tests
-   and the benchmark); Chapter 4's trainer and Chapter 6's PPO in the world model drive the same
-   :func:`rollout` and :class:`PPO`.
+5. :func:`rollout`: ``n_steps`` of the policy in an environment written as a step function
+   (:class:`GymSteps` for real ones side by side; a world model's dream): every trainer's data.
+6. :func:`train_ppo`: the loop for vector observations (tests, benchmark); Chapters 4 and 6
+   drive the same :func:`rollout` and :class:`PPO` in their own loops.
 
 All randomness (initial weights, action sampling, minibatch order) comes from the seed of the
 :class:`PPOConfig`, so the same config gives the same run.
@@ -159,10 +157,8 @@ def _mlp(sizes: list[int], out_gain: float) -> nn.Sequential:
 
 
 class ActorCritic(nn.Module):
-    """Actor and critic, two MLPs over the same features ``(B, obs_dim)``.
-
-    The actor's last layer starts near zero (gain 0.01), so the first policy is close to uniform.
-    """
+    """Actor and critic, two MLPs over the same features ``(B, obs_dim)``; the actor's last layer
+    starts near zero (gain 0.01), so the first policy is close to uniform."""
 
     def __init__(self, obs_dim: int, head: PolicyHead, hidden_sizes: tuple[int, ...] = (64, 64)):
         super().__init__()
@@ -269,7 +265,7 @@ class PPOConfig:
 
 
 class PPO:
-    """The PPO learner: an :class:`ActorCritic`, its optimiser and :meth:`update`."""
+    """The PPO learner: an :class:`ActorCritic`, its optimiser and :meth:`update` (:func:`ppo_update`)."""
 
     def __init__(self, obs_dim: int, head: PolicyHead, config: PPOConfig, device: torch.device | str = "cpu"):
         self.config, self.device = config, torch.device(device)
@@ -287,51 +283,7 @@ class PPO:
         return max(0.0, 1.0 - steps_done / self.config.total_timesteps)
 
     def update(self, batch: Batch, steps_done: int) -> dict[str, float]:
-        """``n_epochs`` passes of minibatch PPO over ``batch``; returns the mean losses."""
-        c = self.config
-        remaining = self.progress_remaining(steps_done)
-        for group in self.optimizer.param_groups:
-            group["lr"] = c.learning_rate * remaining
-        clip = c.clip_range * remaining
-        n = len(batch.obs)
-        totals = {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0, "approx_kl": 0.0, "clip_fraction": 0.0}
-        count = 0
-        for _ in range(c.n_epochs):
-            order = torch.randperm(n, generator=self.shuffle).to(self.device)
-            for start in range(0, n, c.batch_size):
-                idx = order[start:start + c.batch_size]
-                obs, actions, old_log_probs = batch.obs[idx], batch.actions[idx], batch.log_probs[idx]
-                advantages, returns = batch.advantages[idx], batch.returns[idx]
-                if c.normalize_advantage and len(idx) > 1:
-                    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-
-                dist = self.net.distribution(obs)
-                log_ratio = dist.log_prob(actions) - old_log_probs
-                ratio = log_ratio.exp()
-                # the clipped surrogate: no gain from moving the ratio outside [1 - clip, 1 + clip]
-                policy_loss = -torch.min(ratio * advantages,
-                                         ratio.clamp(1 - clip, 1 + clip) * advantages).mean()
-                value_loss = 0.5 * (self.net.value(obs) - returns).pow(2).mean()
-                entropy = dist.entropy().mean()
-                loss = policy_loss + c.vf_coef * value_loss - c.ent_coef * entropy
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"PPO loss is not finite at update {self.updates}: policy "
-                                             f"{policy_loss.item()}, value {value_loss.item()}")
-
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(self.net.parameters(), c.max_grad_norm)
-                self.optimizer.step()
-                self.updates += 1
-
-                with torch.no_grad():
-                    totals["policy_loss"] += policy_loss.item()
-                    totals["value_loss"] += value_loss.item()
-                    totals["entropy"] += entropy.item()
-                    totals["approx_kl"] += ((ratio - 1) - log_ratio).mean().item()
-                    totals["clip_fraction"] += ((ratio - 1).abs() > clip).float().mean().item()
-                count += 1
-        return {name: value / max(count, 1) for name, value in totals.items()}
+        return ppo_update(self, batch, steps_done)
 
     def state_dict(self) -> dict:
         return {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -344,6 +296,54 @@ class PPO:
         self.generator.set_state(state["generator"].cpu())  # a checkpoint loaded onto a GPU moves it there
         self.shuffle.set_state(state["shuffle"].cpu())
         self.updates = int(state["updates"])
+
+
+def ppo_update(ppo: PPO, batch: Batch, steps_done: int) -> dict[str, float]:
+    """``n_epochs`` passes of minibatch PPO over ``batch`` (learning rate and clip range annealed
+    by ``steps_done``); returns the mean losses."""
+    c = ppo.config
+    remaining = ppo.progress_remaining(steps_done)
+    for group in ppo.optimizer.param_groups:
+        group["lr"] = c.learning_rate * remaining
+    clip = c.clip_range * remaining
+    n = len(batch.obs)
+    totals = {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0, "approx_kl": 0.0, "clip_fraction": 0.0}
+    count = 0
+    for _ in range(c.n_epochs):
+        order = torch.randperm(n, generator=ppo.shuffle).to(ppo.device)
+        for start in range(0, n, c.batch_size):
+            idx = order[start:start + c.batch_size]
+            obs, actions, old_log_probs = batch.obs[idx], batch.actions[idx], batch.log_probs[idx]
+            advantages, returns = batch.advantages[idx], batch.returns[idx]
+            if c.normalize_advantage and len(idx) > 1:
+                advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+
+            dist = ppo.net.distribution(obs)
+            log_ratio = dist.log_prob(actions) - old_log_probs
+            ratio = log_ratio.exp()
+            # the clipped surrogate: no gain from moving the ratio outside [1 - clip, 1 + clip]
+            policy_loss = -torch.min(ratio * advantages,
+                                     ratio.clamp(1 - clip, 1 + clip) * advantages).mean()
+            value_loss = 0.5 * (ppo.net.value(obs) - returns).pow(2).mean()
+            entropy = dist.entropy().mean()
+            loss = policy_loss + c.vf_coef * value_loss - c.ent_coef * entropy
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"PPO loss is not finite at update {ppo.updates}: policy "
+                                         f"{policy_loss.item()}, value {value_loss.item()}")
+
+            ppo.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(ppo.net.parameters(), c.max_grad_norm)
+            ppo.optimizer.step()
+            ppo.updates += 1
+
+            with torch.no_grad():
+                measured = {"policy_loss": policy_loss, "value_loss": value_loss, "entropy": entropy,
+                            "approx_kl": ((ratio - 1) - log_ratio).mean(),
+                            "clip_fraction": ((ratio - 1).abs() > clip).float().mean()}
+            totals = {name: totals[name] + value.item() for name, value in measured.items()}
+            count += 1
+    return {name: value / max(count, 1) for name, value in totals.items()}
 
 
 # -- 5. the rollout ------------------------------------------------------------------------------

@@ -46,21 +46,21 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from wmbook.agents.dqn import evaluation_seed
-from wmbook.agents.ppo import PPO, Batch, PPOConfig, head_for, rollout
+from wmbook.agents.ppo import PPO, Batch, PPOConfig, head_for, ppo_update, rollout
 from wmbook.buffers import SequenceBuffer
 from wmbook.envs import set_cartpole_state
 from wmbook.evaluation import evaluate
 from wmbook.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from wmbook.config import ConfigError, from_dict, load_yaml, to_dict as config_to_dict, with_overrides as overrides
 from wmbook.models.mdn_rnn import (MDNHistory, MDNRNN, MDNRNNConfig, VisionMemoryModel, VMLatent, latent_buffer,
-                                   train_mdn_rnn)
-from wmbook.models.vae import ConvVAE, VAEConfig, train_vae
+                                   mdn_loss, train_mdn_rnn)
+from wmbook.models.vae import ConvVAE, VAEConfig, train_vae, vae_loss
 
 CHECKPOINT_KIND = "WorldModelPPO"
 # half-widths of the box that diverse random starts are drawn from: x, x_dot, theta, theta_dot
@@ -328,6 +328,46 @@ def collect_random(config: Config, seed: int, progress: bool = False,
     return buffer, steps
 
 
+def dream_rollout(trainer: "WorldModelPPOTrainer", starts: VMLatent, rows: int, horizon: int
+                  ) -> tuple[Batch, int]:
+    """``rows`` rollouts of C in M's dream, of at most ``horizon`` steps, from latents drawn
+    uniformly from ``starts`` ``(N rows)``; their PPO data, flattened time-major, and its
+    number of steps. The reward is M's reward head; an episode ends where a draw from M's done
+    head says so; a rollout cut by the horizon is bootstrapped from the critic."""
+    world, device = trainer.world, trainer.device
+    pick = torch.randint(len(starts.z), (rows,), generator=trainer.start_generator).to(device)
+    latent = VMLatent(*(x[pick] for x in starts))
+    alive = torch.ones(rows, dtype=torch.bool, device=device)
+    lives = []  # (rows,) per step: the steps that belong to a rollout
+
+    def dream(action: torch.Tensor):
+        nonlocal latent, alive
+        step = world.imagine_step(latent, action)
+        done = torch.rand(rows, generator=trainer.dream_generator, device=device) < step.done_prob
+        lives.append(alive)
+        terminated = done & alive
+        alive, latent = alive & ~done, step.latent
+        features = world.features(latent)
+        return step.reward, terminated, terminated, features, features
+
+    data = rollout(trainer.ppo, world.features(latent), dream, horizon, stop=lambda: not alive.any())
+    keep = torch.stack(lives)
+    p = trainer.config.ppo
+    return data.batch(p.gamma, p.gae_lambda, keep=keep), int(keep.sum())
+
+
+@dataclass(frozen=True)
+class VMCMethod:
+    """The functions a run trains with: V's loss, M's loss, C's dream rollout and C's update.
+    The package's own by default; a chapter hands the copies on its page (in worker processes
+    too), so that a reader's edit reaches every run."""
+
+    vae_loss: Callable = vae_loss
+    mdn_loss: Callable = mdn_loss
+    dream: Callable = dream_rollout
+    ppo_update: Callable = ppo_update
+
+
 # -- the trainer --------------------------------------------------------------------------------
 
 @dataclass
@@ -355,8 +395,9 @@ class RunResult:
 class WorldModelPPOTrainer:
     """Random collection, pretraining of V and M, then PPO on real and imagined experience."""
 
-    def __init__(self, config: Config, device: torch.device | str = "cpu", progress: bool = False):
-        self.config, self.device, self.progress = config, torch.device(device), progress
+    def __init__(self, config: Config, device: torch.device | str = "cpu", progress: bool = False,
+                 method: VMCMethod = VMCMethod()):
+        self.config, self.device, self.progress, self.method = config, torch.device(device), progress, method
         c, wm = config, config.world_model
         self.envs = make_envs(config, c.env.num_envs)
         space = self.envs[0].action_space
@@ -410,14 +451,15 @@ class WorldModelPPOTrainer:
         self.random_frames = frames
         all_frames = np.concatenate([episode.obs for episode in frames.episodes()])
         vae_history = train_vae(self.vae, all_frames, wm.training.pretrain_epochs, wm.vae.batch_size,
-                                seed=c.seed, progress=self.progress)
+                                seed=c.seed, progress=self.progress, loss_fn=self.method.vae_loss)
         latents = latent_buffer(frames, self.vae, seed=c.seed)
         self.random_latents = latents
         mdn_history = MDNHistory()
         if wm.training.pretrain_memory:
             per_epoch = math.ceil(len(latents) / (wm.mdn_rnn.batch_size * wm.mdn_rnn.chunk_length))
             mdn_history = train_mdn_rnn(self.mdn, latents, memory_epochs(self.config) * per_epoch,
-                                        wm.mdn_rnn.batch_size, wm.mdn_rnn.chunk_length, progress=self.progress)
+                                        wm.mdn_rnn.batch_size, wm.mdn_rnn.chunk_length, progress=self.progress,
+                                        loss_fn=self.method.mdn_loss)
         self.result.vae_history = dataclasses.asdict(vae_history)
         self.result.mdn_history = dataclasses.asdict(mdn_history)
         self._log(0, {"vae/reconstruction_loss": vae_history.reconstruction[-1],
@@ -528,7 +570,7 @@ class WorldModelPPOTrainer:
         if self.memory_optimizer is None:
             self.memory_optimizer = self._new_memory_optimizer()
         history = train_mdn_rnn(self.mdn, self.memory_data, training.memory_refresh_updates, mdn.batch_size,
-                                mdn.chunk_length, optimizer=self.memory_optimizer)
+                                mdn.chunk_length, optimizer=self.memory_optimizer, loss_fn=self.method.mdn_loss)
         return float(np.mean(history.nll))
 
     def _new_memory_optimizer(self) -> torch.optim.Optimizer:
@@ -548,7 +590,7 @@ class WorldModelPPOTrainer:
         mean_length = float(horizon)
         for _ in range(_MAX_ROUNDS):
             rows = max(1, math.ceil((n_steps - steps) / max(mean_length, 1.0)))
-            batch, count = self._imagine_rows(starts, rows, horizon)
+            batch, count = self.method.dream(self, starts, rows, horizon)
             parts.append(batch)
             steps, rollouts = steps + count, rollouts + rows
             mean_length = steps / rollouts
@@ -557,31 +599,6 @@ class WorldModelPPOTrainer:
         batch = Batch.cat(parts)
         batch = Batch(*(x[:n_steps] for x in batch))
         return batch, {"imagined_steps": len(batch.obs), "mean_length": mean_length}
-
-    def _imagine_rows(self, starts: VMLatent, rows: int, horizon: int) -> tuple[Batch, int]:
-        """``rows`` imagined rollouts of at most ``horizon`` steps; their PPO data, flattened
-        time-major, and its number of steps. In the dream the reward is M's reward head and an
-        episode ends where a draw from M's done head says so; a rollout cut by the horizon is
-        bootstrapped from the critic."""
-        pick = torch.randint(len(starts.z), (rows,), generator=self.start_generator).to(self.device)
-        latent = VMLatent(*(x[pick] for x in starts))
-        alive = torch.ones(rows, dtype=torch.bool, device=self.device)
-        lives = []  # (rows,) per step: the steps that belong to a rollout
-
-        def dream(action: torch.Tensor):
-            nonlocal latent, alive
-            step = self.world.imagine_step(latent, action)
-            done = torch.rand(rows, generator=self.dream_generator, device=self.device) < step.done_prob
-            lives.append(alive)
-            terminated = done & alive
-            alive, latent = alive & ~done, step.latent
-            features = self.world.features(latent)
-            return step.reward, terminated, terminated, features, features
-
-        data = rollout(self.ppo, self.world.features(latent), dream, horizon, stop=lambda: not alive.any())
-        keep = torch.stack(lives)
-        p = self.config.ppo
-        return data.batch(p.gamma, p.gae_lambda, keep=keep), int(keep.sum())
 
     def iterate(self) -> dict:
         """One iteration: real steps, imagined steps, a PPO update; returns its metrics."""
@@ -592,7 +609,7 @@ class WorldModelPPOTrainer:
         wanted = round(len(real.obs) * ratio / (1 - ratio))
         imagined, dream = self.imagine(starts, wanted, training.imagination_horizon)
         batch = real if imagined is None else Batch.cat([real, imagined])
-        losses = self.ppo.update(batch, self.result.real_steps)
+        losses = self.method.ppo_update(self.ppo, batch, self.result.real_steps)
         self.result.imagined_steps += dream["imagined_steps"]
         self.iteration += 1
         metrics = {f"ppo/{k}": v for k, v in losses.items()}
@@ -831,7 +848,7 @@ def train_in_dream(trainer: WorldModelPPOTrainer, temperature: float, imagined_s
     while done_steps < imagined_steps:
         batch, dream = trainer.imagine(starts, per_iteration, horizon)
         done_steps += dream["imagined_steps"]
-        ppo.update(Batch(*(x.to(trainer.device) for x in batch)), done_steps)
+        trainer.method.ppo_update(ppo, Batch(*(x.to(trainer.device) for x in batch)), done_steps)
     dream_returns = dream_episode_returns(trainer, VMLatent(*(x[first] for x in starts)), dream_episodes,
                                           dream_max_steps)
     real = evaluate_controller(trainer.world, ppo, c, real_episodes)

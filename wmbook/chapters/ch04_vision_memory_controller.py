@@ -95,7 +95,7 @@ from sklearn.linear_model import LinearRegression
 from sklearn.metrics import r2_score
 from tqdm.auto import tqdm
 
-from wmbook.agents.world_model_ppo import (Config, DreamResult, WorldModelPPOTrainer, collect_random,
+from wmbook.agents.world_model_ppo import (Config, DreamResult, VMCMethod, WorldModelPPOTrainer, collect_random,
                                            memory_epochs, train_in_dream, with_overrides)
 from wmbook.evaluation import solved_return
 from wmbook.models.mdn_rnn import MDNRNN, latent_buffer, train_mdn_rnn
@@ -211,9 +211,12 @@ def config_for(chapter: VMCChapter, seed: int, ratio: float, **dotted) -> Config
                           **{"world_model.training.imagination_ratio": ratio}, **dotted)
 
 
-def pretrained(chapter: VMCChapter, seed: int, progress: bool = False) -> WorldModelPPOTrainer:
-    """A trainer of ``seed`` with its random data collected and V and M pretrained."""
-    trainer = WorldModelPPOTrainer(config_for(chapter, seed, chapter.headline_ratio), progress=progress)
+def pretrained(chapter: VMCChapter, seed: int, progress: bool = False,
+               method: VMCMethod = VMCMethod()) -> WorldModelPPOTrainer:
+    """A trainer of ``seed`` with its random data collected and V and M pretrained (with
+    ``method``'s losses)."""
+    trainer = WorldModelPPOTrainer(config_for(chapter, seed, chapter.headline_ratio), progress=progress,
+                                   method=method)
     cpu = time.process_time()
     trainer.pretrain()
     trainer.pretrain_cpu_seconds = time.process_time() - cpu
@@ -222,7 +225,7 @@ def pretrained(chapter: VMCChapter, seed: int, progress: bool = False) -> WorldM
 
 def fork(trainer: WorldModelPPOTrainer, config: Config) -> WorldModelPPOTrainer:
     """A fresh controller under ``config`` on copies of ``trainer``'s pretrained V and M."""
-    child = WorldModelPPOTrainer(config, trainer.device, trainer.progress)
+    child = WorldModelPPOTrainer(config, trainer.device, trainer.progress, trainer.method)
     child.vae.load_state_dict(trainer.vae.state_dict())
     child.mdn.load_state_dict(trainer.mdn.state_dict())
     child.random_frames, child.random_latents = trainer.random_frames, trainer.random_latents
@@ -263,9 +266,9 @@ def snapshot(trainer: WorldModelPPOTrainer) -> Pretrained:
                       getattr(trainer, "pretrain_cpu_seconds", 0.0))
 
 
-def restore(chapter: VMCChapter, saved: Pretrained) -> WorldModelPPOTrainer:
+def restore(chapter: VMCChapter, saved: Pretrained, method: VMCMethod = VMCMethod()) -> WorldModelPPOTrainer:
     """A trainer of ``saved.seed`` in the state :func:`pretrained` left it in, without pretraining."""
-    trainer = WorldModelPPOTrainer(config_for(chapter, saved.seed, chapter.headline_ratio))
+    trainer = WorldModelPPOTrainer(config_for(chapter, saved.seed, chapter.headline_ratio), method=method)
     trainer.vae.load_state_dict(saved.vae)
     trainer.mdn.load_state_dict(saved.mdn)
     trainer.random_frames, trainer.random_latents = saved.random_frames, saved.random_latents
@@ -297,17 +300,18 @@ def run_controller(trainer: WorldModelPPOTrainer, config: Config, label: str) ->
 UNTRAINED = "untrained M"  # the label of the untrained-M controller's run
 
 
-def pretrain_seed(chapter: VMCChapter, seed: int) -> Pretrained:
+def pretrain_seed(chapter: VMCChapter, seed: int, method: VMCMethod = VMCMethod()) -> Pretrained:
     """``seed``'s pretrained V and M, with what they learned checked on held-out episodes."""
-    trainer = pretrained(chapter, seed)
+    trainer = pretrained(chapter, seed, method=method)
     saved = snapshot(trainer)
     return dataclasses.replace(saved, check=check_pretraining(trainer, heldout(trainer, chapter.heldout_steps,
                                                                               heldout_seed(seed))))
 
 
-def train_controller(chapter: VMCChapter, saved: Pretrained, ratio: float | None) -> RunRecord:
+def train_controller(chapter: VMCChapter, saved: Pretrained, ratio: float | None,
+                     method: VMCMethod = VMCMethod()) -> RunRecord:
     """The controller of ``saved``'s seed at imagination ``ratio``; ``None``: the untrained-M run."""
-    trainer = restore(chapter, saved)
+    trainer = restore(chapter, saved, method)
     if ratio is None:
         return untrained_memory_run(chapter, trainer)
     return run_controller(trainer, config_for(chapter, saved.seed, ratio), f"ratio {ratio:g}")
@@ -317,18 +321,21 @@ def _controller_job(job: tuple) -> RunRecord:
     return train_controller(*job)
 
 
-def pretrain_seeds(chapter: VMCChapter, seeds: Sequence[int], progress: bool = True) -> list[Pretrained]:
+def pretrain_seeds(chapter: VMCChapter, seeds: Sequence[int], progress: bool = True,
+                   method: VMCMethod = VMCMethod()) -> list[Pretrained]:
     """Every seed's :func:`pretrain_seed`, ``chapter.workers`` at a time, in the order of ``seeds``."""
-    return run_jobs(partial(pretrain_seed, chapter), seeds, chapter.workers, desc="pretraining", progress=progress)
+    return run_jobs(partial(pretrain_seed, chapter, method=method), seeds, chapter.workers, desc="pretraining",
+                    progress=progress)
 
 
-def start_controllers(chapter: VMCChapter, saved: Sequence[Pretrained], untrained_seed: int | None = None) -> Jobs:
+def start_controllers(chapter: VMCChapter, saved: Sequence[Pretrained], untrained_seed: int | None = None,
+                      method: VMCMethod = VMCMethod()) -> Jobs:
     """Every seed's controllers, one per ratio, and for ``untrained_seed`` the untrained-M run,
     started at once in the background, the costliest (highest ratio) first so that the last jobs
     to finish are short ones. The notebook looks inside the first seed's V and M meanwhile;
     ``.results()`` waits for the runs, which :func:`seed_records` files by seed."""
-    jobs = [(chapter, s, ratio) for s in saved for ratio in chapter.ratios]
-    jobs += [(chapter, s, None) for s in saved if s.seed == untrained_seed]
+    jobs = [(chapter, s, ratio, method) for s in saved for ratio in chapter.ratios]
+    jobs += [(chapter, s, None, method) for s in saved if s.seed == untrained_seed]
     jobs.sort(key=lambda job: -1.0 if job[2] is None else job[2], reverse=True)
     return start_jobs(_controller_job, jobs, chapter.workers, desc="controllers")
 
@@ -492,7 +499,8 @@ def retrained_memory(trainer: WorldModelPPOTrainer, passes: int | None = None, *
     latents.rng = np.random.default_rng(trainer.config.seed)
     per_epoch = math.ceil(len(latents) / (wm.mdn_rnn.batch_size * wm.mdn_rnn.chunk_length))
     passes = memory_epochs(trainer.config) if passes is None else passes
-    train_mdn_rnn(mdn, latents, passes * per_epoch, wm.mdn_rnn.batch_size, wm.mdn_rnn.chunk_length)
+    train_mdn_rnn(mdn, latents, passes * per_epoch, wm.mdn_rnn.batch_size, wm.mdn_rnn.chunk_length,
+                  loss_fn=trainer.method.mdn_loss)
     return mdn
 
 
@@ -624,7 +632,8 @@ def vae_ablation(trainer: WorldModelPPOTrainer, **changes) -> dict[str, float]:
     torch.manual_seed(c.seed)
     vae = ConvVAE(dataclasses.replace(trainer.vae.config, **changes)).to(trainer.device)
     frames = np.concatenate([episode.obs for episode in trainer.random_frames.episodes()])
-    history = train_vae(vae, frames, c.world_model.training.pretrain_epochs, c.world_model.vae.batch_size, seed=c.seed)
+    history = train_vae(vae, frames, c.world_model.training.pretrain_epochs, c.world_model.vae.batch_size, seed=c.seed,
+                        loss_fn=trainer.method.vae_loss)
     return {"reconstruction": history.reconstruction[-1], "kl": history.kl[-1]}
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -158,46 +158,52 @@ class MDNRNN(nn.Module):
 
     def sequence_loss(self, z: torch.Tensor, action: torch.Tensor, reward: torch.Tensor,
                       terminated: torch.Tensor, is_first: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Losses over chunks in :class:`~wmbook.buffers.SequenceBuffer`'s layout.
+        """:func:`mdn_loss` of this model on chunks ``(B, T, ...)``."""
+        return mdn_loss(self, z, action, reward, terminated, is_first)
 
-        Args:
-            z: ``(B, T, Z)`` latents of the observations ``o_t``.
-            action: ``(B, T)`` (or ``(B, T, A)``): ``action[:, t]`` is the action that led to ``o_t``.
-            reward, terminated, is_first: ``(B, T)``, of arriving at ``o_t``.
 
-        Step ``t`` consumes ``(z_t, a_t = action[:, t + 1])`` and is scored on ``z_{t+1}``,
-        ``reward[:, t + 1]`` and ``terminated[:, t + 1]``; predictions across an episode boundary
-        (``is_first[:, t + 1]``) are masked out, and the state restarts where ``is_first`` is set.
-        Returns the scalars ``loss``, ``nll`` (per step, summed over z's dimensions),
-        ``reward_mse`` and ``done_bce``.
-        """
-        batch, length = z.shape[:2]
-        if length < 2:
-            raise ValueError(f"sequence_loss needs chunks of at least 2 steps, got {length}")
-        h, cell = self.initial_state(batch, z.device)
-        keep = (~is_first[:, :-1]).float().unsqueeze(-1)  # restart the rows where an episode begins
-        hidden = []
-        for t in range(length - 1):  # only the recurrence is stepped; the heads read all steps at once
-            inputs = torch.cat([z[:, t], self.encode_action(action[:, t + 1])], dim=-1)
-            h, cell = self.cell(inputs, (h * keep[:, t], cell * keep[:, t]))
-            hidden.append(h)
-        out = self.heads(torch.stack(hidden, 1).flatten(0, 1))  # (B * (T - 1), ...)
-        nll = mdn_nll(out, z[:, 1:].flatten(0, 1)).view(batch, -1)
-        reward_err = (out.reward.view(batch, -1) - reward[:, 1:]).pow(2)
-        done_err = F.binary_cross_entropy_with_logits(out.done_logit.view(batch, -1), terminated[:, 1:].float(),
-                                                      reduction="none")
-        valid = (~is_first[:, 1:]).float()
-        count = valid.sum().clamp_min(1.0)
+def mdn_loss(mdn: MDNRNN, z: torch.Tensor, action: torch.Tensor, reward: torch.Tensor,
+             terminated: torch.Tensor, is_first: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Losses over chunks in :class:`~wmbook.buffers.SequenceBuffer`'s layout.
 
-        def masked(values: torch.Tensor) -> torch.Tensor:
-            return (values * valid).sum() / count
+    Args:
+        z: ``(B, T, Z)`` latents of the observations ``o_t``.
+        action: ``(B, T)`` (or ``(B, T, A)``): ``action[:, t]`` is the action that led to ``o_t``.
+        reward, terminated, is_first: ``(B, T)``, of arriving at ``o_t``.
 
-        losses = {"nll": masked(nll), "reward_mse": masked(reward_err), "done_bce": masked(done_err)}
-        c = self.config
-        # the NLL is summed over Z dimensions; divide it so that the heads are not drowned out
-        losses["loss"] = losses["nll"] / c.latent_dim + c.reward_weight * losses["reward_mse"] \
-            + c.done_weight * losses["done_bce"]
-        return losses
+    Step ``t`` consumes ``(z_t, a_t = action[:, t + 1])`` and is scored on ``z_{t+1}``,
+    ``reward[:, t + 1]`` and ``terminated[:, t + 1]``; predictions across an episode boundary
+    (``is_first[:, t + 1]``) are masked out, and the state restarts where ``is_first`` is set.
+    Returns the scalars ``loss``, ``nll`` (per step, summed over z's dimensions),
+    ``reward_mse`` and ``done_bce``.
+    """
+    batch, length = z.shape[:2]
+    if length < 2:
+        raise ValueError(f"the MDN-RNN's loss needs chunks of at least 2 steps, got {length}")
+    h, cell = mdn.initial_state(batch, z.device)
+    keep = (~is_first[:, :-1]).float().unsqueeze(-1)  # restart the rows where an episode begins
+    hidden = []
+    for t in range(length - 1):  # only the recurrence is stepped; the heads read all steps at once
+        inputs = torch.cat([z[:, t], mdn.encode_action(action[:, t + 1])], dim=-1)
+        h, cell = mdn.cell(inputs, (h * keep[:, t], cell * keep[:, t]))
+        hidden.append(h)
+    out = mdn.heads(torch.stack(hidden, 1).flatten(0, 1))  # (B * (T - 1), ...)
+    nll = mdn_nll(out, z[:, 1:].flatten(0, 1)).view(batch, -1)
+    reward_err = (out.reward.view(batch, -1) - reward[:, 1:]).pow(2)
+    done_err = F.binary_cross_entropy_with_logits(out.done_logit.view(batch, -1), terminated[:, 1:].float(),
+                                                  reduction="none")
+    valid = (~is_first[:, 1:]).float()
+    count = valid.sum().clamp_min(1.0)
+
+    def masked(values: torch.Tensor) -> torch.Tensor:
+        return (values * valid).sum() / count
+
+    losses = {"nll": masked(nll), "reward_mse": masked(reward_err), "done_bce": masked(done_err)}
+    c = mdn.config
+    # the NLL is summed over Z dimensions; divide it so that the heads are not drowned out
+    losses["loss"] = losses["nll"] / c.latent_dim + c.reward_weight * losses["reward_mse"] \
+        + c.done_weight * losses["done_bce"]
+    return losses
 
 
 @dataclass
@@ -223,12 +229,13 @@ def latent_buffer(frames: SequenceBuffer, vae: ConvVAE, seed: int = 0) -> Sequen
 
 def train_mdn_rnn(model: MDNRNN, latents: SequenceBuffer, updates: int, batch_size: int = 32,
                   chunk_length: int = 32, optimizer: torch.optim.Optimizer | None = None,
-                  progress: bool = False, start_update: int = 0) -> MDNHistory:
+                  progress: bool = False, start_update: int = 0, loss_fn: Callable | None = None) -> MDNHistory:
     """``updates`` Adam steps on chunks of latent episodes (a :class:`SequenceBuffer` of z).
 
     Chunks are drawn by the buffer's own seeded generator. Gradients are clipped to
     ``config.grad_clip``. A non-finite loss raises ``FloatingPointError`` naming the update
     (numbered from ``start_update``) and its loss terms, before the weights are touched.
+    ``loss_fn``: the loss minimised, called as :func:`mdn_loss` (default the model's own).
     """
     from tqdm.auto import tqdm
 
@@ -239,7 +246,8 @@ def train_mdn_rnn(model: MDNRNN, latents: SequenceBuffer, updates: int, batch_si
     model.train()
     for update in tqdm(range(start_update, start_update + updates), desc="M", disable=not progress, leave=False):
         batch = latents.sample(batch_size, length, device)
-        losses = model.sequence_loss(batch.obs, batch.action, batch.reward, batch.terminated, batch.is_first)
+        chunks = (batch.obs, batch.action, batch.reward, batch.terminated, batch.is_first)
+        losses = model.sequence_loss(*chunks) if loss_fn is None else loss_fn(model, *chunks)
         if not torch.isfinite(losses["loss"]):
             terms = ", ".join(f"{k} {v.item():.4g}" for k, v in losses.items())
             raise FloatingPointError(f"MDN-RNN loss is not finite at update {update} ({terms}): lower the "

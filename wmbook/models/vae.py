@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -210,25 +210,33 @@ class ConvVAE(nn.Module):
         return VAEOutput(self.decode_logits(z), mu, logvar, z)
 
     def loss(self, x: torch.Tensor, output: VAEOutput) -> VAELoss:
-        """The beta-VAE loss of frames ``x`` and their pass ``output`` (see the module's docstring)."""
-        target = self._frames(x)
-        if self.config.likelihood == "bernoulli":
-            per_pixel = F.binary_cross_entropy_with_logits(output.logits, target, reduction="none")
-        else:
-            per_pixel = (torch.sigmoid(output.logits) - target).pow(2)
-        if self.config.contrast_weight != 1.0:
-            # pixels where this frame differs from the mean frame (the pole where it leans, and
-            # where it would be if it leaned the other way) count more
-            contrast = (target - self.mean_frame).abs().amax(dim=1, keepdim=True)
-            per_pixel = per_pixel * (1.0 + (self.config.contrast_weight - 1.0) * contrast)
-        reconstruction = per_pixel.flatten(1).sum(1).mean()
-        per_dim = -0.5 * (1 + output.logvar - output.mu.pow(2) - output.logvar.exp())  # (B, latent_dim)
-        kl = per_dim.sum(1).mean()
-        if self.config.free_bits == 0.0:
-            return VAELoss(reconstruction + self.config.beta * kl, reconstruction, kl)
-        # free bits: a dimension whose mean KL is below free_bits is not pushed further down
-        penalised = per_dim.mean(0).clamp_min(self.config.free_bits).sum()
-        return VAELoss(reconstruction + self.config.beta * penalised, reconstruction, kl)
+        """:func:`vae_loss` of frames ``x`` and their pass ``output``."""
+        return vae_loss(self, x, output)
+
+
+def vae_loss(vae: ConvVAE, x: torch.Tensor, output: VAEOutput) -> VAELoss:
+    """The beta-VAE loss of frames ``x`` ``(B, C, H, W)`` and their pass ``output`` through
+    ``vae``: summed pixel cross-entropy (pixels far from the mean frame weighted up by
+    ``contrast_weight``), plus ``beta`` times the KL, charged at least ``free_bits`` nats per
+    latent dimension."""
+    target = vae._frames(x)
+    if vae.config.likelihood == "bernoulli":
+        per_pixel = F.binary_cross_entropy_with_logits(output.logits, target, reduction="none")
+    else:
+        per_pixel = (torch.sigmoid(output.logits) - target).pow(2)
+    if vae.config.contrast_weight != 1.0:
+        # pixels where this frame differs from the mean frame (the pole where it leans, and
+        # where it would be if it leaned the other way) count more
+        contrast = (target - vae.mean_frame).abs().amax(dim=1, keepdim=True)
+        per_pixel = per_pixel * (1.0 + (vae.config.contrast_weight - 1.0) * contrast)
+    reconstruction = per_pixel.flatten(1).sum(1).mean()
+    per_dim = -0.5 * (1 + output.logvar - output.mu.pow(2) - output.logvar.exp())  # (B, latent_dim)
+    kl = per_dim.sum(1).mean()
+    if vae.config.free_bits == 0.0:
+        return VAELoss(reconstruction + vae.config.beta * kl, reconstruction, kl)
+    # free bits: a dimension whose mean KL is below free_bits is not pushed further down
+    penalised = per_dim.mean(0).clamp_min(vae.config.free_bits).sum()
+    return VAELoss(reconstruction + vae.config.beta * penalised, reconstruction, kl)
 
 
 @dataclass
@@ -240,13 +248,14 @@ class VAEHistory:
 
 
 def train_vae(vae: ConvVAE, frames: np.ndarray | torch.Tensor, epochs: int, batch_size: int = 64,
-              seed: int = 0, optimizer: torch.optim.Optimizer | None = None, progress: bool = False
-              ) -> VAEHistory:
+              seed: int = 0, optimizer: torch.optim.Optimizer | None = None, progress: bool = False,
+              loss_fn: Callable[[ConvVAE, torch.Tensor, VAEOutput], VAELoss] | None = None) -> VAEHistory:
     """Fit ``vae`` to uint8 frames ``(N, C, H, W)`` for ``epochs`` passes in shuffled minibatches.
 
     Shuffling draws from a generator seeded with ``seed``, as does the reparameterisation noise,
     so the same call gives the same weights. A non-finite loss stops training with an error that
-    names the epoch and batch.
+    names the epoch and batch. ``loss_fn(vae, x, output)``: the loss minimised (default the
+    model's own, :func:`vae_loss`).
     """
     from tqdm.auto import tqdm
 
@@ -268,7 +277,8 @@ def train_vae(vae: ConvVAE, frames: np.ndarray | torch.Tensor, epochs: int, batc
         sums, count = np.zeros(2), 0
         for batch, start in enumerate(range(0, len(frames), batch_size)):
             x = frames[order[start:start + batch_size]].to(device)
-            losses = vae.loss(x, vae(x, generator=noise))
+            output = vae(x, generator=noise)
+            losses = vae.loss(x, output) if loss_fn is None else loss_fn(vae, x, output)
             if not torch.isfinite(losses.loss):
                 raise FloatingPointError(f"VAE loss became {losses.loss.item()} at epoch {epoch}, batch {batch}")
             optimizer.zero_grad(set_to_none=True)
