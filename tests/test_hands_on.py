@@ -85,14 +85,25 @@ def test_chapter_3s_runs_use_the_dyna_step_defined_on_its_page(tmp_path):
     assert_runs_fail_with_the_edit(ROOT / "book" / "03_dyna_dqn.ipynb", tmp_path, edit, "the edited dyna_step ran")
 
 
-def test_chapter_5s_runs_use_the_dreamer_update_defined_on_its_page(tmp_path):
-    def edit(code):
-        body = "    c, wm = agent.config, agent.world_model\n"
-        assert body in code
-        return code.replace(body, "    raise RuntimeError('the edited dreamer_update ran')\n" + body)
+def test_a_changed_loss_changes_the_chapters_results(tmp_path):
+    """End to end on the ci profile: Chapter 1 run as it stands, and run again with the
+    next-state term of the loss on its page weighted ten times; the second trains another model,
+    and the numbers its prose is written from say so."""
+    notebook = ROOT / "book" / "01_world_model.ipynb"
+    weight = '"next_state": 1.0'
 
-    assert_runs_fail_with_the_edit(ROOT / "book" / "05_dreamer_rssm.ipynb", tmp_path, edit,
-                                   "the edited dreamer_update ran")
+    def edit(code):
+        assert weight in code
+        return code.replace(weight, '"next_state": 10.0')
+
+    results = {}
+    for name, change in (("as it stands", lambda code: code), ("edited", edit)):
+        folder = tmp_path / name.replace(" ", "_")
+        folder.mkdir()
+        assert run_edited(notebook, folder, change) is None
+        results[name] = json.loads((folder / "01_world_model.results.json").read_text())["results"]
+    for key in ("best_val_loss", "next_state_mse", "state_mse"):
+        assert results["edited"][key] != results["as it stands"][key], key
 
 
 def test_every_chapter_hands_its_page_copies_to_its_experiments():
@@ -112,10 +123,11 @@ def test_every_chapter_hands_its_page_copies_to_its_experiments():
             tree = ast.parse("\n".join(l for l in code.splitlines() if not l.lstrip().startswith(("%", "!"))))
             imported = {a.asname or a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
             assert not imported & set(defined), f"{notebook.name}, cell {index} imports {imported & set(defined)}"
+        bodies = {node.name: node for _, _, code in source_cells(notebook) for node in ast.parse(code).body}
         for name, home in defined.items():
             users = [index for index, code in cells
                      if index > home and any(isinstance(n, ast.Name) and n.id == name for n in ast.walk(ast.parse(code)))]
-            inside = [other for other, where in defined.items() if other != name and where == home
-                      and name in ast.unparse(ast.parse(dict(cells)[home]))]
+            inside = [other for other, node in bodies.items() if other != name
+                      and any(isinstance(n, ast.Name) and n.id == name for n in ast.walk(node))]
             assert users or inside, f"{notebook.name}: nothing after cell {home} uses the page's {name}"
     assert chapters >= 4

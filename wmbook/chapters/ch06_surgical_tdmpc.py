@@ -195,23 +195,25 @@ def distribution_distance(a: np.ndarray, b: np.ndarray) -> float:
 # -- the runs ------------------------------------------------------------------------------------------
 
 
-def prepare(config: SurgicalConfig, progress: bool = False) -> tuple[SurgicalDataset, SurgicalWorldModel,
-                                                                     SurgicalWorldModel, dict]:
-    """Simulate the data and train the dual-path and the clean-only world models (saved
-    atomically beside the data). Returns both models and the wall times."""
+def prepare(config: SurgicalConfig, progress: bool = False, method: P.SurgicalMethod = P.SurgicalMethod()
+            ) -> tuple[SurgicalDataset, SurgicalWorldModel, SurgicalWorldModel, dict]:
+    """Simulate the data and train the dual-path and the clean-only world models with
+    ``method``'s losses (saved atomically beside the data). Returns both models and the wall times."""
     started = time.perf_counter()
     dataset = X.ensure_data(config, progress)
     seconds = {"data": time.perf_counter() - started}
     out = Path(config.output.world_model)
-    dual, info = X.train(config, dataset, True, out, progress)
+    dual, info = X.train(config, dataset, True, out, progress, method.world_model_losses)
     seconds["world_model"] = info["seconds"]
-    clean, info = X.train(config, dataset, False, out.with_name(out.stem + "_clean" + out.suffix), progress)
+    clean, info = X.train(config, dataset, False, out.with_name(out.stem + "_clean" + out.suffix), progress,
+                          method.world_model_losses)
     seconds["world_model_clean"] = info["seconds"]
     return dataset, dual.eval(), clean.eval(), seconds
 
 
 def run_seed(config: SurgicalConfig, dataset: SurgicalDataset, model: SurgicalWorldModel,
-             chapter: SurgicalChapter, seed: int, record: bool = False, progress: bool = False) -> dict:
+             chapter: SurgicalChapter, seed: int, record: bool = False, progress: bool = False,
+             method: P.SurgicalMethod = P.SurgicalMethod()) -> dict:
     """Every policy trained and scored with policy seed ``seed`` (the imitation policy samples
     with it too). With ``record``, the result also holds each policy's :class:`Recording` and
     its chooser (``"recordings"``, ``"choosers"``)."""
@@ -220,7 +222,7 @@ def run_seed(config: SurgicalConfig, dataset: SurgicalDataset, model: SurgicalWo
     settings = dataclasses.replace(chapter.compare, seed=seed)
     recordings: dict[str, Recording] = {}
     out = P.compare_policies(seeded, dataset, model, settings, progress=progress, keep_policies=record,
-                             wrap=recorder(recordings) if record else None)
+                             wrap=recorder(recordings) if record else None, method=method)
     if record:
         out["recordings"] = recordings
     out["seed"] = seed
@@ -229,21 +231,21 @@ def run_seed(config: SurgicalConfig, dataset: SurgicalDataset, model: SurgicalWo
 
 def _job(job: tuple) -> dict:
     """One seed's :func:`run_seed`, or (given the clean-only model) the dual-path ablation."""
-    config, dataset, model, clean_model, chapter, seed, record = job
+    config, dataset, model, clean_model, chapter, seed, record, method = job
     if clean_model is not None:
         return dual_path_ablation(config, dataset, {"clean only": clean_model}, chapter.compare.offline_steps,
                                   seed, chapter.compare.map_stride, chapter.compare.map_components)
-    return run_seed(config, dataset, model, chapter, seed, record=record)
+    return run_seed(config, dataset, model, chapter, seed, record=record, method=method)
 
 
 def run_all(config: SurgicalConfig, dataset: SurgicalDataset, model: SurgicalWorldModel,
             clean_model: SurgicalWorldModel, chapter: SurgicalChapter, seeds: Sequence[int],
-            progress: bool = True) -> tuple[list[dict], dict]:
+            progress: bool = True, method: P.SurgicalMethod = P.SurgicalMethod()) -> tuple[list[dict], dict]:
     """Every seed's :func:`run_seed` (the first recording its play) and the
     :func:`dual_path_ablation` at the first seed, ``chapter.workers`` at a time. Each run
     depends on its seed alone, so where it runs does not change its numbers."""
-    jobs = [(config, dataset, model, None, chapter, seed, i == 0) for i, seed in enumerate(seeds)]
-    jobs.append((config, dataset, model, clean_model, chapter, seeds[0], False))
+    jobs = [(config, dataset, model, None, chapter, seed, i == 0, method) for i, seed in enumerate(seeds)]
+    jobs.append((config, dataset, model, clean_model, chapter, seeds[0], False, method))
     *runs, clean = run_jobs(_job, jobs, chapter.workers, desc="seeds and ablation", progress=progress)
     # the dual-path model's row is the first seed's own imitation and IQL: the same runs
     ablation = {"dual path": {n: {"map": runs[0]["map"][n]["1"]["ivt"],

@@ -11,13 +11,13 @@ import dataclasses
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from wmbook.checkpoint import load_checkpoint, save_checkpoint, write_json
-from wmbook.surgical.model import (SurgicalWorldModel, load_world_model, train_world_model,
+from wmbook.surgical.model import (SurgicalWorldModel, load_world_model, train_world_model, window_losses,
                                     world_model_payload)
 from wmbook.surgical import evaluation as E
 from wmbook.surgical.config import SurgicalConfig
@@ -42,21 +42,23 @@ def ensure_data(config: SurgicalConfig, progress: bool = False) -> SurgicalDatas
 
 
 def train(config: SurgicalConfig, dataset: SurgicalDataset, dual_path: bool | None = None,
-          out: str | Path | None = None, progress: bool = False) -> tuple[SurgicalWorldModel, dict]:
-    """Train a world model on the training split (``dual_path`` overrides the config) and save it
-    atomically to ``out`` when given. A checkpoint already at ``out`` with the same model and
-    training settings is loaded instead of retrained."""
+          out: str | Path | None = None, progress: bool = False,
+          loss_fn: Callable = window_losses) -> tuple[SurgicalWorldModel, dict]:
+    """Train a world model on the training split (``dual_path`` overrides the config), minimising
+    ``loss_fn``, and save it atomically to ``out`` when given. A checkpoint already at ``out``
+    with the same model and training settings is loaded instead of retrained, unless
+    ``loss_fn`` is another than the package's :func:`~wmbook.surgical.model.window_losses`."""
     train_config = config.training
     if dual_path is not None:
         train_config = dataclasses.replace(train_config, dual_path=dual_path)
     model_config = config.model_config(dataset.embedding_dim)
-    if out is not None and Path(out).is_file():
+    if out is not None and Path(out).is_file() and loss_fn is window_losses:
         saved = load_checkpoint(out, "SurgicalWorldModel")
         if saved["config"] == asdict(model_config) and saved["train_config"] == asdict(train_config):
             return load_world_model(out), {"seconds": saved.get("seconds", 0.0), "reused": True}
     torch.manual_seed(train_config.seed)
     model = SurgicalWorldModel(model_config)
-    history = train_world_model(model, dataset.train, train_config, progress)
+    history = train_world_model(model, dataset.train, train_config, progress, loss_fn)
     info = {"seconds": history.seconds, "final_loss": float(np.mean(history.losses["total"][-50:])),
             "reused": False}
     if out is not None:

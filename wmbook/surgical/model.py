@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Mapping, NamedTuple, Sequence
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -407,11 +407,11 @@ class TrainHistory:
 
 
 def train_world_model(model: SurgicalWorldModel, procedures: Sequence, config: SurgicalTrainConfig,
-                      progress: bool = False) -> TrainHistory:
+                      progress: bool = False, loss_fn: Callable = window_losses) -> TrainHistory:
     """Train ``model`` on windows of ``context + 1`` frames of ``procedures`` (see
-    :class:`WindowSampler`), with the dual path when ``config.dual_path``, on the device of the
-    model's parameters (batches are drawn on the CPU and moved there). Seeded by
-    ``config.seed``; a non-finite loss raises ``FloatingPointError``."""
+    :class:`WindowSampler`), minimising ``loss_fn`` (:func:`window_losses`) with the dual path
+    when ``config.dual_path``, on the device of the model's parameters (batches are drawn on the
+    CPU and moved there). Seeded by ``config.seed``; a non-finite loss raises ``FloatingPointError``."""
     torch.manual_seed(config.seed)
     sampler = WindowSampler(procedures, model.config.context + 1, config.seed)
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -423,13 +423,13 @@ def train_world_model(model: SurgicalWorldModel, procedures: Sequence, config: S
     device = next(model.parameters()).device
     for step in tqdm(range(config.steps), desc="world model", disable=not progress, leave=False):
         batch = to_device(sampler.sample(config.batch_size), device)
-        clean = window_losses(model, batch)
+        clean = loss_fn(model, batch)
         terms = {f"clean/{k}": v for k, v in clean.items()}
         total = sum(weights.get(k, 1.0) * v for k, v in clean.items())
         if config.dual_path:
             rho = config.noise_level(step)
             mask = (torch.rand(batch["triplets"].shape[:2], generator=mask_rng) < rho).to(device)
-            noisy = window_losses(model, batch, mask)
+            noisy = loss_fn(model, batch, mask)
             terms.update({f"noisy/{k}": v for k, v in noisy.items()})
             total = 0.5 * (total + sum(weights.get(k, 1.0) * v for k, v in noisy.items()))
         if not torch.isfinite(total):

@@ -37,10 +37,10 @@ from tqdm.auto import tqdm
 from wmbook.agents.iql import IQL
 from wmbook.agents.ppo import PPO, BernoulliHead, GymSteps, PPOConfig, rollout
 from wmbook.agents.safety import LagrangeMultiplier
-from wmbook.surgical.tdmpc import RISK, OfflineBatch, PlannerConfig, SurgicalTDMPC
+from wmbook.surgical.tdmpc import RISK, OfflineBatch, PlannerConfig, SurgicalTDMPC, plan, tdmpc_losses
 from wmbook.envs import DreamEnv
 from wmbook.models.base import Step
-from wmbook.surgical.model import SurgicalLatent, SurgicalWorldModel, sample_triplets
+from wmbook.surgical.model import SurgicalLatent, SurgicalWorldModel, sample_triplets, window_losses
 from wmbook.surgical.dream import start_latents
 from wmbook.surgical.evaluation import ivt_map
 from wmbook.surgical.imitation import context_windows, filter_context
@@ -540,9 +540,21 @@ class CompareSettings:
     map_components: tuple | None = None
 
 
+@dataclass(frozen=True)
+class SurgicalMethod:
+    """The functions the surgical runs train and act with: the world model's losses (its
+    next-triplet head is the imitation policy), TD-MPC's offline objective and its planner. The
+    package's own by default; Chapter 6 hands the copies on its page."""
+
+    world_model_losses: Callable = window_losses
+    tdmpc_losses: Callable = tdmpc_losses
+    plan: Callable = plan
+
+
 def compare_policies(config, dataset, model: SurgicalWorldModel, settings: CompareSettings | None = None,
                      progress: bool = False, keep_policies: bool = False,
-                     wrap: Callable[[str, object], object] | None = None) -> dict:
+                     wrap: Callable[[str, object], object] | None = None,
+                     method: SurgicalMethod = SurgicalMethod()) -> dict:
     """Train every policy against ``model`` on the training procedures and score each on the
     test procedures both ways: anticipation mAP against the expert's labels and the true
     outcome in the simulator, with the return the world model promised (the model-exploitation
@@ -565,9 +577,9 @@ def compare_policies(config, dataset, model: SurgicalWorldModel, settings: Compa
     data = offline_transitions(model, dataset.train)
     budget = expert_risk_budget(dataset.train)
     tdmpc = SurgicalTDMPC(data.s.shape[1], model.config.embedding_dim,
-                          TDMPCConfig(steps=s.offline_steps, planner=s.planner, seed=s.seed))
+                          TDMPCConfig(steps=s.offline_steps, planner=s.planner, seed=s.seed), plan_fn=method.plan)
     tdmpc.components.fit(dataset.train, model.config.reward_weights, seed=s.seed)
-    curves = {"tdmpc": train_tdmpc(tdmpc, data, progress)}
+    curves = {"tdmpc": train_tdmpc(tdmpc, data, progress, loss_fn=method.tdmpc_losses)}
     seconds["tdmpc"] = time.perf_counter() - clock
     clock = time.perf_counter()
     iql = IQL(data.s.shape[1], model.config.n_actions, IQLConfig(steps=s.offline_steps, seed=s.seed))

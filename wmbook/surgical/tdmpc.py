@@ -272,8 +272,9 @@ class SurgicalTDMPC(nn.Module):
     logits and the :class:`ValueComponents`, over the world model's features ``F = H + D``."""
 
     def __init__(self, feature_dim: int, embedding_dim: int, config: TDMPCConfig | None = None,
-                 n_actions: int = 100):
+                 n_actions: int = 100, plan_fn: Callable = plan):
         super().__init__()
+        self.plan_fn = plan_fn  # the planner :meth:`act` runs (a chapter hands its page's copy)
         self.config = config = config or TDMPCConfig()
         self.feature_dim, self.embedding_dim, self.n_actions = feature_dim, embedding_dim, n_actions
         torch.manual_seed(config.seed)
@@ -312,7 +313,7 @@ class SurgicalTDMPC(nn.Module):
     def act(self, model: SurgicalWorldModel, latent, generator: torch.Generator | None = None,
             planner: PlannerConfig | None = None, reward_weights: torch.Tensor | None = None) -> PlanResult:
         """Plan from ``latent`` (batch ``B``) in ``model``."""
-        return plan(self.dynamics(model, reward_weights),
+        return self.plan_fn(self.dynamics(model, reward_weights),
                     lambda s: self.v(model.features(s)), latent,
                     lambda s: torch.sigmoid(self.prior(model.features(s))),
                     planner or self.config.planner, generator)
@@ -355,10 +356,11 @@ def tdmpc_losses(agent: SurgicalTDMPC, batch: OfflineBatch) -> dict[str, torch.T
 def train_tdmpc(agent: SurgicalTDMPC, data: OfflineBatch, progress: bool = False,
                 start_step: int = 0, optimiser_state: dict | None = None,
                 on_checkpoint: Callable[[int, dict], None] | None = None,
-                checkpoint_every: int = 0) -> dict[str, list[float]]:
+                checkpoint_every: int = 0, loss_fn: Callable = tdmpc_losses) -> dict[str, list[float]]:
     """Learn the value by TD and the prior from ``data`` for ``config.steps`` steps (from
-    ``start_step`` when resuming, with the saved ``optimiser_state``); returns the losses.
-    ``on_checkpoint(step, optimiser_state)`` is called every ``checkpoint_every`` steps."""
+    ``start_step`` when resuming, with the saved ``optimiser_state``), minimising ``loss_fn``
+    (:func:`tdmpc_losses`); returns the losses. ``on_checkpoint(step, optimiser_state)`` is
+    called every ``checkpoint_every`` steps."""
     c = agent.config
     optimiser = torch.optim.Adam(list(agent.value.parameters()) + list(agent.prior.parameters()), lr=c.lr)
     if optimiser_state is not None:
@@ -367,7 +369,7 @@ def train_tdmpc(agent: SurgicalTDMPC, data: OfflineBatch, progress: bool = False
     n = len(data.s)
     for step in tqdm(range(start_step, c.steps), desc="TD-MPC", disable=not progress, leave=False):
         rows = torch.from_numpy(np.random.default_rng((c.seed, step)).integers(0, n, c.batch_size))
-        losses = tdmpc_losses(agent, data.index(rows))
+        losses = loss_fn(agent, data.index(rows))
         total = losses["value"] + losses["prior"]
         if not torch.isfinite(total):
             raise FloatingPointError(f"TD-MPC loss became {total.item()} at step {step}")
