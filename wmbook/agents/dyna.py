@@ -37,7 +37,6 @@ from wmbook.device import to_device
 from wmbook.envs import make_env
 from wmbook.evaluation import kept_solved
 from wmbook.models.dynamics import DynamicsConfig, DynamicsModel, TrainConfig, train_dynamics
-from wmbook.models.base import as_world_model, model_device
 from wmbook.models.ensemble import DynamicsEnsemble, train_ensemble
 from wmbook.rollout import imagine
 
@@ -146,16 +145,10 @@ def multi_step_error(model, data: Transitions, starts: np.ndarray, horizon: int,
     """
     if len(starts) == 0:
         return float("nan")
-    world = as_world_model(model)
-    device = model_device(world)
     rows = torch.as_tensor(starts[:, None] + np.arange(horizon)[None, :])
-    first, actions = to_device(data.obs[rows[:, 0]], device), to_device(data.action[rows], device)
-    latent = world.observe(world.initial_state(len(first), device), None, first,
-                           torch.ones(len(first), dtype=torch.bool, device=device))
-    for t in range(horizon):
-        latent = world.imagine_step(latent, actions[:, t]).latent
+    imagined = imagine(model, data.obs[rows[:, 0]], horizon, actions=data.action[rows])
     last = data.next_obs[rows[:, -1]]
-    error = (to_device(world.features(latent), last.device) - last) / scale
+    error = (to_device(imagined.states[:, -1], last.device) - last) / scale
     return float((error ** 2).mean())
 
 

@@ -99,6 +99,7 @@ from wmbook.agents.world_model_ppo import (Config, DreamResult, VMCMethod, World
                                            memory_epochs, train_in_dream, with_overrides)
 from wmbook.evaluation import solved_return
 from wmbook.models.mdn_rnn import MDNRNN, latent_buffer, train_mdn_rnn
+from wmbook.rollout import imagine
 from wmbook.runner import Jobs, run_jobs, start_jobs
 
 
@@ -466,12 +467,9 @@ def filmstrip(trainer: WorldModelPPOTrainer, steps: int, seed: int, temperature:
     world.temperature = temperature
     z0 = trainer.vae.encode(torch.as_tensor(real[:1], device=trainer.device))
     h, cell = trainer.mdn.initial_state(1, trainer.device)
-    latent, dream = VMLatent(z0, h, cell), [z0]
-    for action in actions:
-        latent = world.imagine_step(latent, torch.tensor([action], device=trainer.device)).latent
-        dream.append(latent.z)
+    dream = imagine(world, None, len(actions), actions=torch.tensor([actions]), start_latent=VMLatent(z0, h, cell))
     world.temperature = old
-    return real, reconstructions(trainer, real), decode_latents(trainer, torch.cat(dream))
+    return real, reconstructions(trainer, real), decode_latents(trainer, dream.latents.z[0])
 
 
 def heldout_nll(mdn: MDNRNN, latents, chunk: int = 16, batches: int = 20, seed: int = 0) -> float:

@@ -30,6 +30,7 @@ from sklearn.decomposition import PCA
 from wmbook.agents.iql import IQL, IQLConfig, train_iql
 from wmbook.surgical.tdmpc import PlannerConfig
 from wmbook.surgical.model import SurgicalWorldModel
+from wmbook.rollout import imagine
 from wmbook.runner import run_jobs
 from wmbook.surgical import evaluation as E
 from wmbook.surgical import experiment as X
@@ -399,12 +400,9 @@ def imagined_trajectory(model: SurgicalWorldModel, procedure, start: int, steps:
         raise ValueError(f"start {start} must leave a context of {W} frames")
     z = torch.from_numpy(procedure.embeddings[None, start - W:start].astype(np.float32))
     a = torch.from_numpy(procedure.triplets[None, start - W:start].astype(np.float32))
-    latent = model.filter_window(z, a)
-    frames = []
-    for t in range(start, min(start + steps, len(procedure))):
-        latent = model.predict(latent, torch.from_numpy(procedure.triplets[None, t].astype(np.float32))).latent
-        frames.append(latent.z[0].numpy())
-    return np.asarray(frames)
+    actions = torch.from_numpy(procedure.triplets[None, start:start + steps].astype(np.float32))
+    imagined = imagine(model, None, actions.shape[1], actions=actions, start_latent=model.filter_window(z, a))
+    return imagined.latents.z[0, 1:].numpy()
 
 
 @dataclass
