@@ -14,7 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wmbook import buffers
+from wmbook import rollout
+from wmbook.buffers import replay, sequence
 from wmbook import device as dev
 from wmbook.agents import (
     DQNAgent, DQNConfig, DynaConfig, DynaPlanner, dqn, dyna, train_dqn, train_dyna_dqn)
@@ -397,7 +398,7 @@ def test_every_host_to_device_copy_in_the_loops_goes_through_to_device(data, rea
             depth[0] -= 1
 
     real_to_device = dev.to_device
-    for module in (dev, buffers, dynamics, ensemble, dqn, dyna):
+    for module in (dev, replay, sequence, dynamics, ensemble, dqn, dyna, rollout):
         monkeypatch.setattr(module, "to_device", counted_to_device)
     real_to = torch.Tensor.to
 
