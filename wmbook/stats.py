@@ -50,7 +50,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -230,15 +230,20 @@ def improvement_sentence(p: Interval, x: str, y: str, relation: str = "needs few
     return f"{head}: the interval includes one half, so the difference is not resolved{at}"
 
 
+def markdown_table(rows: Iterable[Mapping[str, object]]) -> str:
+    """Rows (one mapping per row, column name -> cell as it should read) as a Markdown table,
+    through pandas; cells are written as given, numbers are not reformatted."""
+    import pandas as pd
+
+    return pd.DataFrame(list(rows)).to_markdown(index=False, disable_numparse=True)
+
+
 def summary_table(summaries: Mapping[str, Summary], metric: str = "score", digits: int = 0) -> str:
     """A Markdown table, one row per method: IQM and median of ``metric`` with their intervals."""
     percent = f"{next(iter(summaries.values())).iqm.confidence:.0%} CI" if summaries else "CI"
-    lines = [f"| method | IQM {metric} [{percent}] | median {metric} [{percent}] | runs |",
-             "|---|---|---|---|"]
-    for name, s in summaries.items():
-        lines.append(f"| {name} | {s.iqm.format(digits=digits)} | {s.median.format(digits=digits)} "
-                     f"| {s.runs} |")
-    return "\n".join(lines)
+    return markdown_table({"method": name, f"IQM {metric} [{percent}]": s.iqm.format(digits=digits),
+                           f"median {metric} [{percent}]": s.median.format(digits=digits), "runs": s.runs}
+                          for name, s in summaries.items())
 
 
 def _as_scores(values: np.ndarray | Sequence[float], name: str) -> np.ndarray:

@@ -32,6 +32,7 @@ from wmbook.surgical.tdmpc import PlannerConfig
 from wmbook.surgical.model import SurgicalWorldModel
 from wmbook.rollout import imagine
 from wmbook.runner import run_jobs
+from wmbook.stats import markdown_table
 from wmbook.surgical import evaluation as E
 from wmbook.surgical import experiment as X
 from wmbook.surgical import policies as P
@@ -336,41 +337,24 @@ def kendall_tau(first: Sequence[str], second: Sequence[str]) -> float:
 
 def format_rank_table(by_map: Sequence[str], by_truth: Sequence[str]) -> str:
     """Markdown: the two rankings side by side, one row per rank."""
-    lines = ["| rank | by ivt mAP (+1 s) against the expert | by true return in the simulator |",
-             "|---|---|---|"]
-    for i, (a, b) in enumerate(zip(by_map, by_truth)):
-        lines.append(f"| {i + 1} | {LABELS.get(a, a)} | {LABELS.get(b, b)} |")
-    return "\n".join(lines)
+    return markdown_table({"rank": i + 1, "by ivt mAP (+1 s) against the expert": LABELS.get(a, a),
+                           "by true return in the simulator": LABELS.get(b, b)}
+                          for i, (a, b) in enumerate(zip(by_map, by_truth)))
 
 
 def format_map_table(means: Mapping[str, dict], names: Sequence[str], horizons: Sequence[int],
                      current: Mapping[str, float] | None = None) -> str:
     """Markdown: DARIL's table in miniature, ivt mAP (%) per horizon and i, v, t at the first,
-    each a mean over the seeds; ``current`` is the imitation baseline's recognition column."""
-    head = ["current"] + [f"+{k} s" for k in horizons]
-    lines = ["| policy | " + " | ".join(f"ivt {h}" for h in head) + " | i | v | t (+1 s) |",
-             "|---" * (len(head) + 4) + "|"]
-    for n in names:
-        row = means[n]["map"]
-        now = f"{100 * current['ivt']:.1f}" if (current is not None and n == "imitation") else "-"
-        first = row[str(horizons[0])]
-        lines.append(f"| {LABELS.get(n, n)} | {now} | " + " | ".join(f"{row[str(k)]['ivt']:.1f}" for k in horizons)
-                     + f" | {first['i']:.1f} | {first['v']:.1f} | {first['t']:.1f} |")
-    return "\n".join(lines)
+    each a mean over the seeds (already in %); ``current`` is the imitation baseline's
+    recognition column."""
+    return markdown_table(P.map_rows({n: means[n]["map"] for n in names}, names, [str(k) for k in horizons],
+                                     lambda n: LABELS.get(n, n),
+                                     f"{100 * current['ivt']:.1f}" if current is not None else "-", scale=1.0))
 
 
 def format_truth_table(means: Mapping[str, dict], names: Sequence[str]) -> str:
     """Markdown: the truth table, means over the seeds (the expert's row is its own play)."""
-    lines = ["| policy | completed | time to complete (s) | adverse events | true risk | true return "
-             "| promised | true (same s) | exploitation gap |", "|---" * 9 + "|"]
-    for n in names:
-        r = means[n]["truth"]
-        promised = r.get("promised_return", float("nan"))
-        lines.append(f"| {LABELS.get(n, n)} | {100 * r['completed']:.0f} % | {r['frames']:.0f} | "
-                     f"{r['adverse_events']:.2f} | {r['true_risk']:.1f} | {r['true_return']:.1f} | "
-                     f"{promised:.1f} | {r.get('true_prefix_return', float('nan')):.1f} | "
-                     f"{r.get('exploitation_gap', float('nan')):.1f} |")
-    return "\n".join(lines).replace("| nan |", "| - |").replace("| nan |", "| - |")
+    return markdown_table(P.truth_rows({n: means[n]["truth"] for n in names}, names, lambda n: LABELS.get(n, n)))
 
 
 # -- trajectories and the explorer ------------------------------------------------------------------------

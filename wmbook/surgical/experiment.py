@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from wmbook.checkpoint import load_checkpoint, save_checkpoint, write_json
+from wmbook.stats import markdown_table
 from wmbook.surgical.model import (SurgicalWorldModel, load_world_model, train_world_model, window_losses,
                                     world_model_payload)
 from wmbook.surgical import evaluation as E
@@ -138,11 +139,8 @@ def report(config: SurgicalConfig, progress: bool = False) -> dict[str, Any]:
 
 def format_map_table(table: dict, title: str = "mAP (%)") -> str:
     """A markdown table: horizons as rows, the six components as columns."""
-    lines = [f"| {title} | " + " | ".join(COMPONENTS) + " |", "|---" * (len(COMPONENTS) + 1) + "|"]
-    for k, row in table.items():
-        name = "current" if str(k) == "0" else f"+{k} s"
-        lines.append(f"| {name} | " + " | ".join(f"{100 * row[c]:.1f}" for c in COMPONENTS) + " |")
-    return "\n".join(lines)
+    return markdown_table({title: "current" if str(k) == "0" else f"+{k} s",
+                           **{c: f"{100 * row[c]:.1f}" for c in COMPONENTS}} for k, row in table.items())
 
 
 def format_report(results: dict) -> str:
@@ -156,29 +154,22 @@ def format_report(results: dict) -> str:
     err = dual["embedding_error"]
     parts += ["Open-loop next-embedding MSE given the true actions (frame variance "
               f"{err['variance']:.4f}):", "",
-              "| steps | " + " | ".join(str(k + 1) for k in range(len(err["mse"]))) + " |",
-              "|---" * (len(err["mse"]) + 1) + "|",
-              "| world model | " + " | ".join(f"{v:.4f}" for v in err["mse"]) + " |",
-              "| copy last frame | " + " | ".join(f"{v:.4f}" for v in err["copy_last"]) + " |", ""]
-    parts += ["One-step accuracy fed true or recognised actions:", "",
-              "| training | actions fed | next-phase accuracy | next-embedding MSE | reward MSE |",
-              "|---|---|---|---|---|"]
-    rows = (("dual path", "dual_path"), ("clean only", "clean_only")) if "clean_only" in results \
+              markdown_table({"steps": name, **{str(k + 1): f"{v:.4f}" for k, v in enumerate(err[key])}}
+                             for name, key in (("world model", "mse"), ("copy last frame", "copy_last"))), ""]
+    models = (("dual path", "dual_path"), ("clean only", "clean_only")) if "clean_only" in results \
         else (("this model", "dual_path"),)
-    for label, key in rows:
-        for actions in ("true", "recognised"):
-            row = results[key]["action_inputs"][actions]
-            parts.append(f"| {label} | {actions} | {100 * row['phase_accuracy']:.1f} % | "
-                         f"{row['embedding_mse']:.4f} | {row.get('reward_mse', float('nan')):.4f} |")
+    parts += ["One-step accuracy fed true or recognised actions:", "", markdown_table(
+        {"training": label, "actions fed": actions, "next-phase accuracy": f"{100 * row['phase_accuracy']:.1f} %",
+         "next-embedding MSE": f"{row['embedding_mse']:.4f}", "reward MSE": f"{row.get('reward_mse', float('nan')):.4f}"}
+        for label, key in models for actions in ("true", "recognised")
+        for row in [results[key]["action_inputs"][actions]])]
     if "truth" in dual:
         parts += ["", "True outcome in the simulator from the test procedures' start states "
-                  "(means over procedures):", "",
-                  "| policy | completed | phases | frames | adverse events | true risk | true return |",
-                  "|---|---|---|---|---|---|---|"]
-        for name, row in dual["truth"].items():
-            parts.append(f"| {name} | {100 * row['completed']:.0f} % | {row['phases_completed']:.1f} | "
-                         f"{row['frames']:.0f} | {row['adverse_events']:.2f} | {row['true_risk']:.1f} | "
-                         f"{row['true_return']:.1f} |")
+                  "(means over procedures):", "", markdown_table(
+                      {"policy": name, "completed": f"{100 * row['completed']:.0f} %",
+                       "phases": f"{row['phases_completed']:.1f}", "frames": f"{row['frames']:.0f}",
+                       "adverse events": f"{row['adverse_events']:.2f}", "true risk": f"{row['true_risk']:.1f}",
+                       "true return": f"{row['true_return']:.1f}"} for name, row in dual["truth"].items())]
     if "seconds" in results:
         s = results["seconds"]
         parts += ["", f"Wall time: data {s['data']:.0f} s, dual-path training {s['train_dual']:.0f} s, "

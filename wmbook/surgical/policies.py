@@ -44,6 +44,7 @@ from wmbook.surgical.model import SurgicalLatent, SurgicalWorldModel, sample_tri
 from wmbook.surgical.dream import start_latents
 from wmbook.surgical.evaluation import ivt_map
 from wmbook.surgical.imitation import context_windows, filter_context
+from wmbook.stats import markdown_table
 from wmbook.surgical.triplets import DEFAULT_REWARD_WEIGHTS, REWARD_NAMES
 
 # -- logged transitions ------------------------------------------------------------------------
@@ -648,31 +649,47 @@ def compare_policies(config, dataset, model: SurgicalWorldModel, settings: Compa
     return out
 
 
+def _cell(value: float, spec: str) -> str:
+    return "-" if value != value else format(value, spec)  # NaN (not measured) reads as -
+
+
+def truth_rows(truth: Mapping[str, dict], names: Sequence[str], label: Callable[[str], str] = str) -> list[dict]:
+    """The truth table's rows, one per policy of ``names``: completion, time, adverse events, true
+    risk and return, and the return the world model promised against the true one."""
+    nan = float("nan")
+    return [{"policy": label(n), "completed": f"{100 * r['completed']:.0f} %", "time to complete (s)": _cell(r["frames"], ".0f"),
+             "adverse events": _cell(r["adverse_events"], ".2f"), "true risk": _cell(r["true_risk"], ".1f"),
+             "true return": _cell(r["true_return"], ".1f"), "promised": _cell(r.get("promised_return", nan), ".1f"),
+             "true (same s)": _cell(r.get("true_prefix_return", nan), ".1f"),
+             "exploitation gap": _cell(r.get("exploitation_gap", nan), ".1f")}
+            for n in names for r in [truth[n]]]
+
+
+def map_rows(maps: Mapping[str, dict], names: Sequence[str], horizons: Sequence, label: Callable[[str], str] = str,
+             current: str = "", scale: float = 100.0) -> list[dict]:
+    """DARIL's table in miniature, one row per policy: ivt mAP (%, the maps times ``scale``) per
+    horizon (keys of each policy's map), and i, v, t at the first; ``current`` fills the
+    recognition column, if any."""
+    rows = []
+    for n in names:
+        row, first = maps[n], maps[n][horizons[0]]
+        rows.append({"policy": label(n), **({"ivt current": current if n == "imitation" else "-"} if current else {}),
+                     **{f"ivt +{k} s": f"{scale * row[k]['ivt']:.1f}" for k in horizons},
+                     **{c if c != "t" else "t (+1 s)": _cell(scale * first.get(c, float("nan")), ".1f") for c in "ivt"}})
+    return rows
+
+
 def format_comparison(results: dict) -> str:
     """Both tables in markdown: ivt mAP by horizon, and the truth, one row per policy, each
     with its rank."""
     names = [n for n in results["truth"] if n != "expert"]
     scored = [n for n in names if n in results["map"]]
     horizons = sorted({k for n in scored for k in results["map"][n]}, key=int)
-    lines = ["| policy | " + " | ".join(f"ivt +{k} s" for k in horizons) + " | i | v | t (+1 s) |",
-             "|---" * (len(horizons) + 4) + "|"]
-    for n in scored:
-        row = results["map"][n]
-        first = row[horizons[0]]
-        lines.append(f"| {n} | " + " | ".join(f"{100 * row[k]['ivt']:.1f}" for k in horizons)
-                     + "".join(f" | {100 * first.get(c, float('nan')):.1f}" for c in "ivt") + " |")
     current = results["map"]["imitation_current"]
-    lines += ["", f"Imitation, current frame (recognition): ivt {100 * current['ivt']:.1f}", "",
-              "| policy | completed | frames | adverse events | true risk | true return | promised (50 s) "
-              "| true (50 s) | gap |", "|---|---|---|---|---|---|---|---|---|"]
-    for n in ["expert", *names]:
-        r = results["truth"][n]
-        lines.append(f"| {n} | {100 * r['completed']:.0f} % | {r['frames']:.0f} | {r['adverse_events']:.2f} | "
-                     f"{r['true_risk']:.1f} | {r['true_return']:.1f} | {r.get('promised_return', float('nan')):.1f} | "
-                     f"{r.get('true_prefix_return', float('nan')):.1f} | "
-                     f"{r.get('exploitation_gap', float('nan')):.1f} |")
     by_map = sorted(scored, key=lambda n: -results["map"][n][horizons[0]]["ivt"])
     by_truth = sorted(names, key=lambda n: -results["truth"][n]["true_return"])
-    lines += ["", "Ranking by ivt mAP (+1 s): " + " > ".join(by_map),
-              "Ranking by true return: " + " > ".join(by_truth)]
-    return "\n".join(lines)
+    return "\n".join([markdown_table(map_rows(results["map"], scored, horizons)), "",
+                      f"Imitation, current frame (recognition): ivt {100 * current['ivt']:.1f}", "",
+                      markdown_table(truth_rows(results["truth"], ["expert", *names])), "",
+                      "Ranking by ivt mAP (+1 s): " + " > ".join(by_map),
+                      "Ranking by true return: " + " > ".join(by_truth)])
