@@ -186,6 +186,21 @@ def test_command_line_trains_resumes_and_logs_to_tensorboard(tmp_path):
     assert json.loads((tmp_path / "run" / "result.json").read_text())["final_returns"] == result["final_returns"]
 
 
+def test_v_and_m_sections_take_their_defaults_from_the_models_settings():
+    from wmbook.agents.world_model_ppo import MDN_KEYS, VAE_KEYS, MDNSection, VAESection
+    from wmbook.models.mdn_rnn import MDNRNNConfig
+    from wmbook.models.vae import VAEConfig
+
+    for section, keys, defaults, extra in ((VAESection(), VAE_KEYS, VAEConfig(), {"batch_size"}),
+                                           (MDNSection(), MDN_KEYS, MDNRNNConfig(), {"batch_size", "chunk_length"})):
+        assert {f.name for f in dataclasses.fields(section)} == set(keys) | extra
+        assert all(getattr(section, key) == getattr(defaults, key) for key in keys)
+    trainer = WorldModelPPOTrainer(config_from_dict({**TINY, "world_model": {**TINY["world_model"],
+                                                                            "vae": {**TINY["world_model"]["vae"], "beta": 2.5}}}))
+    assert trainer.vae.config.beta == 2.5 and trainer.vae.config.image_size == TINY["env"]["frame_size"]
+    assert trainer.mdn.config.num_mixtures == TINY["world_model"]["mdn_rnn"]["num_mixtures"]
+
+
 def test_the_ppo_section_takes_its_defaults_from_ppo_config():
     from wmbook.agents.ppo import PPOConfig
     from wmbook.agents.world_model_ppo import PPO_KEYS, PPOSection

@@ -87,6 +87,24 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, path: str = "", *, s
         raise ConfigError(f"{where}{path or 'the configuration'}: {error}") from error
 
 
+def section_of(name: str, source: type, keys: tuple[str, ...], module: str, **extra: tuple[type, Any]) -> type:
+    """A frozen dataclass ``name`` holding the fields ``keys`` of dataclass ``source`` (their
+    types and defaults, so a configuration section mirrors a model's settings without copying
+    them by hand), plus ``extra`` fields given as ``name=(type, default)``. ``module`` is the
+    module that defines it (found there by pickle and type hints)."""
+    fields = [(f.name, f.type, dataclasses.field(default=f.default)) for f in dataclasses.fields(source)
+              if f.name in keys]
+    fields += [(key, kind, dataclasses.field(default=default)) for key, (kind, default) in extra.items()]
+    section = dataclasses.make_dataclass(name, fields, frozen=True)
+    section.__module__ = module
+    return section
+
+
+def settings(section: Any, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The values of ``keys`` in ``section``, as keyword arguments for the settings it mirrors."""
+    return {key: getattr(section, key) for key in keys}
+
+
 def read_yaml(path: str | Path) -> Any:
     """The plain values of the YAML file at ``path``, or a :class:`ConfigError` saying why not."""
     import yaml

@@ -57,7 +57,8 @@ from wmbook.buffers import SequenceBuffer
 from wmbook.envs import set_cartpole_state
 from wmbook.evaluation import evaluate
 from wmbook.checkpoint import atomic_write, load_checkpoint, save_checkpoint
-from wmbook.config import ConfigError, from_dict, load_yaml, to_dict as config_to_dict, with_overrides as overrides
+from wmbook.config import (ConfigError, from_dict, load_yaml, section_of, settings, to_dict as config_to_dict,
+                           with_overrides as overrides)
 from wmbook.models.mdn_rnn import (MDNHistory, MDNRNN, MDNRNNConfig, VisionMemoryModel, VMLatent, latent_buffer,
                                    mdn_loss, train_mdn_rnn)
 from wmbook.models.vae import ConvVAE, VAEConfig, train_vae, vae_loss
@@ -71,29 +72,13 @@ DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[2] / "configs" / "world_m
 
 # -- configuration ------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class VAESection:
-    latent_dim: int = 32
-    hidden_dims: tuple[int, ...] = (256, 128)
-    beta: float = 1.0
-    learning_rate: float = 1e-3
-    channels: tuple[int, ...] = (32, 64, 128, 256)
-    batch_size: int = 64
-    contrast_weight: float = 1.0  # > 1: pixels far from the mean frame (the pole) weigh more
-    free_bits: float = 0.0  # KL nats per latent dimension left unpenalised (> 0 guards against collapse)
-
-
-@dataclass(frozen=True)
-class MDNSection:
-    hidden_dim: int = 256
-    num_mixtures: int = 5
-    temperature: float = 1.0
-    learning_rate: float = 1e-3
-    batch_size: int = 32
-    chunk_length: int = 32
-    grad_clip: float = 1.0
-    log_sigma_min: float = -5.0
-    log_sigma_max: float = 2.0
+# V's and M's sections: these of VAEConfig's and MDNRNNConfig's settings, with their defaults, and
+# the batch sizes of their training
+VAE_KEYS = ("latent_dim", "hidden_dims", "beta", "learning_rate", "channels", "contrast_weight", "free_bits")
+VAESection = section_of("VAESection", VAEConfig, VAE_KEYS, __name__, batch_size=(int, 64))
+MDN_KEYS = ("hidden_dim", "num_mixtures", "temperature", "learning_rate", "grad_clip", "log_sigma_min",
+            "log_sigma_max")
+MDNSection = section_of("MDNSection", MDNRNNConfig, MDN_KEYS, __name__, batch_size=(int, 32), chunk_length=(int, 32))
 
 
 @dataclass(frozen=True)
@@ -135,10 +120,7 @@ class EnvSection:
 # the ``ppo`` section: these of PPOConfig's settings, with PPOConfig's defaults (one home for them)
 PPO_KEYS = ("n_steps", "batch_size", "n_epochs", "gamma", "gae_lambda", "clip_range", "ent_coef", "vf_coef",
             "max_grad_norm", "learning_rate", "hidden_sizes")
-PPOSection = dataclasses.make_dataclass(
-    "PPOSection", [(f.name, f.type, field(default=f.default)) for f in dataclasses.fields(PPOConfig)
-                   if f.name in PPO_KEYS], frozen=True)
-PPOSection.__module__ = __name__  # found by pickle (the chapter's worker processes) and type hints
+PPOSection = section_of("PPOSection", PPOConfig, PPO_KEYS, __name__)
 
 
 @dataclass(frozen=True)
@@ -402,16 +384,9 @@ class WorldModelPPOTrainer:
         self.envs = make_envs(config, c.env.num_envs)
         space = self.envs[0].action_space
         torch.manual_seed(c.seed)  # the world model's initial weights
-        self.vae = ConvVAE(VAEConfig(latent_dim=wm.vae.latent_dim, hidden_dims=wm.vae.hidden_dims,
-                                     beta=wm.vae.beta, learning_rate=wm.vae.learning_rate,
-                                     image_size=c.env.frame_size, channels=wm.vae.channels,
-                                     contrast_weight=wm.vae.contrast_weight,
-                                     free_bits=wm.vae.free_bits)).to(self.device)
-        self.mdn = MDNRNN(MDNRNNConfig(latent_dim=wm.vae.latent_dim, action_dim=int(space.n),
-                                       hidden_dim=wm.mdn_rnn.hidden_dim, num_mixtures=wm.mdn_rnn.num_mixtures,
-                                       temperature=wm.mdn_rnn.temperature, learning_rate=wm.mdn_rnn.learning_rate,
-                                       grad_clip=wm.mdn_rnn.grad_clip, log_sigma_min=wm.mdn_rnn.log_sigma_min,
-                                       log_sigma_max=wm.mdn_rnn.log_sigma_max)).to(self.device)
+        self.vae = ConvVAE(VAEConfig(**settings(wm.vae, VAE_KEYS), image_size=c.env.frame_size)).to(self.device)
+        self.mdn = MDNRNN(MDNRNNConfig(**settings(wm.mdn_rnn, MDN_KEYS), latent_dim=wm.vae.latent_dim,
+                                       action_dim=int(space.n))).to(self.device)
         self.dream_generator = torch.Generator(device=self.device).manual_seed(c.seed + 2)
         self.world = VisionMemoryModel(self.vae, self.mdn, generator=self.dream_generator)
         self.ppo = PPO(self.world.feature_dim, head_for(space), self.ppo_config(), self.device)
