@@ -137,6 +137,7 @@ def run_sb3(method: str, seed: int, gradient_steps: int | None, budget: int, eva
     import torch
     from stable_baselines3 import DQN
     from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.logger import Logger
 
     from wmbook.agents import DQNConfig, evaluation_seed
     from wmbook.envs import make_env
@@ -168,6 +169,7 @@ def run_sb3(method: str, seed: int, gradient_steps: int | None, budget: int, eva
         settings.update(train_freq=1, gradient_steps=gradient_steps)
     started = time.perf_counter()
     model = DQN("MlpPolicy", make_env(protocol.env_id), seed=seed, device="cpu", **settings)
+    model.set_logger(Logger(folder=None, output_formats=[]))  # no log folder in the system's temporary folder
     callback = SameProtocol()
     model.learn(total_timesteps=budget, callback=callback)
     return Outcome(method, seed, callback.solved_at, time.perf_counter() - started,

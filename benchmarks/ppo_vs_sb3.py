@@ -72,6 +72,7 @@ def run_sb3(method: str, seed: int, budget: int, eval_every: int) -> Outcome:
     import torch
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.logger import Logger
     from stable_baselines3.common.env_util import make_vec_env
 
     from wmbook.agents import DQNConfig, evaluation_seed
@@ -103,6 +104,7 @@ def run_sb3(method: str, seed: int, budget: int, eval_every: int) -> Outcome:
     env = make_vec_env("CartPole-v1", n_envs=ZOO_N_ENVS, seed=seed)
     model = PPO("MlpPolicy", env, seed=seed, device="cpu", learning_rate=linear(ZOO_LEARNING_RATE),
                 clip_range=linear(ZOO_CLIP_RANGE), **ZOO_CARTPOLE_PPO)
+    model.set_logger(Logger(folder=None, output_formats=[]))  # no log folder in the system's temporary folder
     callback = SameProtocol()
     model.learn(total_timesteps=budget, callback=callback)
     return Outcome(method, seed, callback.solved_at, callback.last, time.perf_counter() - started)

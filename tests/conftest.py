@@ -36,6 +36,19 @@ def trained_model(cartpole_data):
     return model, history
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _third_party_logs(tmp_path_factory):
+    """stable-baselines3 makes a log folder in the system's temporary folder for every run it is
+    not given one for; the suite's go to its own temporary folder."""
+    saved = os.environ.get("SB3_LOGDIR")
+    os.environ["SB3_LOGDIR"] = str(tmp_path_factory.mktemp("sb3_logs"))
+    yield
+    if saved is None:
+        os.environ.pop("SB3_LOGDIR", None)
+    else:
+        os.environ["SB3_LOGDIR"] = saved
+
+
 @pytest.fixture(autouse=True)
 def _restore_torch_threads():
     """Tests may change torch's thread count; put it back afterwards."""
