@@ -94,7 +94,7 @@ def run_ours(seed: int, total_steps: int, eval_every: int) -> dict:
     """Our Dreamer with the chapter's full settings, on the whole budget (no early stop)."""
     import torch
 
-    from wmbook.agents.dreamer import train_dreamer
+    from wmbook.agents.dreamer_trainer import train_dreamer
     from wmbook.chapters.ch05_dreamer_rssm import PROFILES
 
     torch.set_num_threads(1)

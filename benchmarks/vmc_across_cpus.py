@@ -7,7 +7,7 @@ use a lesser set, so one machine can play several. For each instruction set aske
 script runs, in a fresh process with that variable set (one thread each, ``--workers`` at a time):
 
 - ``pretrain`` mode: every seed's random data and pretraining of V and M under Chapter 4's
-  ``full`` profile, then :func:`~wmbook.chapters.ch04_vision_memory_controller.check_pretraining`
+  ``full`` profile, then :func:`~wmbook.agents.world_model_ppo.diagnostics.check_pretraining`
   on held-out episodes: the pole's angle from ``z`` and M's end AUC, and which stage failed;
 - ``headline`` mode: the same, then the controller at the chapter's headline imagination ratio,
   and its mean greedy return over the chapter's 20 evaluation episodes.

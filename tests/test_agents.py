@@ -1,6 +1,5 @@
 """wmbook.agents: DQN (update rule, target network, evaluation, training loop) and Dyna-DQN."""
 
-import copy
 import dataclasses
 
 import numpy as np

@@ -84,3 +84,9 @@ def test_the_rules_catch_a_wrong_import():
     assert layer("wmbook.agents.dqn") > layer("wmbook.models.dynamics") > layer("wmbook.buffers")
     assert layer("wmbook.surgical.tdmpc") > layer("wmbook.agents.ppo")
     assert layer("wmbook.chapters.ch03_dyna_dqn") > layer("wmbook.surgical")
+
+
+def test_no_module_is_longer_than_500_lines():
+    long = {str(path.relative_to(PACKAGE.parent)): n for path in sorted(PACKAGE.rglob("*.py"))
+            if (n := len(path.read_text().splitlines())) > 500}
+    assert not long, f"modules over 500 lines (split them along their seams): {long}"

@@ -247,26 +247,6 @@ def test_transitions_index_and_to():
     assert data.obs.device.type == "cpu"  # the original is untouched
 
 
-# -- episode starts ---------------------------------------------------------------------
-
-
-def test_episode_starts():
-    buffer = ReplayBuffer(10, (3,))
-    assert buffer.episode_starts.tolist() == []
-    ends = [False, False, True, False, True, False, False]  # terminated at 2, truncated at 4
-    for i, end in enumerate(ends):
-        buffer.add(np.zeros(3), 0, 1.0, np.zeros(3), terminated=end and i == 2, truncated=end and i == 4)
-    assert buffer.episode_starts.tolist() == [0, 3, 5]
-
-
-def test_episode_starts_after_wrap_around_are_in_all_order():
-    buffer = ReplayBuffer(4, (3,))
-    ends = [False, True, False, False, True, False]  # after wrapping: slots hold 2, 3, 4, 5
-    for end in ends:
-        buffer.add(np.zeros(3), 0, 1.0, np.zeros(3), terminated=end)
-    assert buffer.episode_starts.tolist() == [0, 3]
-
-
 # -- files ------------------------------------------------------------------------------
 
 
@@ -412,10 +392,6 @@ class _PlainRing:
         return [data[p : p + length] for p in range(len(data) - length + 1)
                 if all(goes_on(q) for q in range(p, p + length - 1))]
 
-    def sample_windows(self, batch_size: int, length: int) -> list:
-        windows = self.windows(length)
-        return [windows[i] for i in self.rng.integers(0, len(windows), size=batch_size)]
-
 
 def _assert_same_transitions(batch: Transitions, expected: list) -> None:
     """``batch`` (``(N, ...)`` or ``(N, k, ...)``) holds ``expected``, float values bit for bit."""
@@ -476,11 +452,6 @@ def test_buffer_matches_a_plain_list_of_transitions(seed, tmp_path):
         _assert_same_transitions(buffer.sample(5), plain.sample(5))
         length = int(rng.integers(1, 5))
         _assert_same_transitions(buffer.windows(length), plain.windows(length))
-        if plain.windows(length):
-            _assert_same_transitions(buffer.sample_windows(4, length), plain.sample_windows(4, length))
-        else:
-            with pytest.raises(ValueError, match="no window"):
-                buffer.sample_windows(4, length)
         assert len(buffer) == plain.size
 
 
@@ -491,59 +462,6 @@ def test_a_next_obs_is_returned_bit_for_bit():
     data = buffer.all()
     assert np.signbit(data.next_obs[0, 0].item()) == False and np.signbit(data.obs[1, 0].item())  # noqa: E712
     assert buffer.windows(2).obs.shape[0] == 1  # still consecutive for windows: 0.0 == -0.0
-
-
-# -- sample_windows ---------------------------------------------------------------------
-
-
-def _episodes_buffer(seed: int = 0) -> ReplayBuffer:
-    """Episodes of 3, 1, 5 and 4 (cut off) steps; obs counts up inside an episode, +100 between."""
-    buffer = ReplayBuffer(100, (2,), seed=seed)
-    value = 0.0
-    for length, end in [(3, "terminated"), (1, "truncated"), (5, "terminated"), (4, None)]:
-        for t in range(length):
-            obs = np.full(2, value, dtype=np.float32)
-            last = t == length - 1
-            buffer.add(obs, t % 2, value, obs + 1, last and end == "terminated", last and end == "truncated")
-            value += 1
-        value += 100
-    return buffer
-
-
-def test_sample_windows_draws_exactly_the_windows_of_windows():
-    buffer = _episodes_buffer()
-    every = buffer.windows(3)  # 1 + 0 + 3 + 2 windows
-    batch = buffer.sample_windows(600, 3)
-    assert batch.obs.shape == (600, 3, 2) and batch.action.shape == (600, 3)
-    assert batch.next_obs.shape == (600, 3, 2) and batch.terminated.dtype == torch.bool
-    starts = every.obs[:, 0, 0].tolist()
-    drawn = batch.obs[:, 0, 0].tolist()
-    assert set(drawn) == set(starts)  # each window can be drawn, and nothing else
-    counts = [drawn.count(s) for s in starts]
-    assert min(counts) > 600 / 6 * 0.7 and max(counts) < 600 / 6 * 1.3
-    for i, start in enumerate(drawn[:50]):
-        k = starts.index(start)
-        for name in ("obs", "action", "reward", "next_obs", "terminated", "truncated"):
-            assert torch.equal(getattr(batch, name)[i], getattr(every, name)[k]), name
-    assert buffer.sample_windows(2, 3, device="meta").obs.device.type == "meta"
-
-
-def test_sample_windows_is_reproducible_and_uses_the_buffer_generator():
-    a, b, c = _episodes_buffer(5), _episodes_buffer(5), _episodes_buffer(6)
-    assert torch.equal(a.sample_windows(32, 2).obs, b.sample_windows(32, 2).obs)
-    assert not torch.equal(_episodes_buffer(5).sample_windows(32, 2).obs, c.sample_windows(32, 2).obs)
-
-
-def test_sample_windows_errors():
-    buffer = _episodes_buffer()
-    with pytest.raises(ValueError, match="no window of 6 consecutive transitions"):
-        buffer.sample_windows(4, 6)  # the longest episode has 5 steps
-    with pytest.raises(ValueError, match="length"):
-        buffer.sample_windows(4, 0)
-    with pytest.raises(ValueError, match="batch_size"):
-        buffer.sample_windows(0, 2)
-    with pytest.raises(ValueError, match="no window"):
-        ReplayBuffer(5, (2,)).sample_windows(1, 1)
 
 
 # -- file formats -----------------------------------------------------------------------

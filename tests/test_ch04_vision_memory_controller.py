@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+import wmbook.agents.world_model_ppo.diagnostics as vm
 import wmbook.chapters.ch04_vision_memory_controller as ch4
-from wmbook.agents.world_model_ppo import ConfigError
+from wmbook.config import ConfigError
 
 
 def test_the_linear_readout_recovers_a_linear_signal_and_not_noise():
@@ -18,7 +19,7 @@ def test_the_linear_readout_recovers_a_linear_signal_and_not_noise():
     def targets(x):
         return np.c_[x @ weights[:, 0] + 3.0, rng.normal(size=len(x))]  # a linear column, a noise column
 
-    r2 = ch4.linear_r2(x_train, targets(x_train), x_test, targets(x_test))
+    r2 = vm.linear_r2(x_train, targets(x_train), x_test, targets(x_test))
     assert r2.shape == (2,)
     assert r2[0] > 0.999 and r2[1] < 0.05
 
@@ -102,7 +103,7 @@ def test_snapshot_refuses_a_trainer_that_was_not_pretrained(tmp_path):
 
 
 def _check(theta=0.99, auc=0.95):
-    return ch4.PretrainingCheck(seed=3, theta_r2=theta, end_auc=auc, p_end=0.6, p_live=0.05, nll=-50.0)
+    return vm.PretrainingCheck(seed=3, theta_r2=theta, end_auc=auc, p_end=0.6, p_live=0.05, nll=-50.0)
 
 
 def test_the_pretraining_check_names_the_first_stage_that_failed():
@@ -131,11 +132,11 @@ def test_diagnose_blames_v_m_or_the_controller():
 def test_an_end_head_that_ignores_its_input_fails_the_check_of_m(tmp_path):
     chapter = _tiny_chapter(tmp_path, workers=1)
     trainer = ch4.pretrained(chapter, 3)
-    held = ch4.heldout(trainer, 200, ch4.heldout_seed(3))
+    held = vm.heldout(trainer, 200, vm.heldout_seed(3))
     with torch.no_grad():  # the done logit is the head's last output: make it a constant
         trainer.mdn.head.weight[-1].zero_()
         trainer.mdn.head.bias[-1] = -2.0
-    check = ch4.check_pretraining(trainer, held)
+    check = vm.check_pretraining(trainer, held)
     assert check.end_auc == pytest.approx(0.5)
     assert check.p_end == pytest.approx(check.p_live)
     assert check.theta_r2 <= 1.0 and np.isfinite(check.nll)
@@ -145,6 +146,6 @@ def test_an_end_head_that_ignores_its_input_fails_the_check_of_m(tmp_path):
 def test_every_seed_of_the_runs_carries_its_pretraining_check(tmp_path):
     saved, records = _records(_tiny_chapter(tmp_path, workers=1), (3,))
     check = saved[0].check
-    assert isinstance(check, ch4.PretrainingCheck) and check.seed == 3
+    assert isinstance(check, vm.PretrainingCheck) and check.seed == 3
     assert 0.0 <= check.end_auc <= 1.0 and check.theta_r2 <= 1.0
     assert records[0].check == check

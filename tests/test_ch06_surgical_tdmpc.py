@@ -14,7 +14,9 @@ import pytest  # noqa: E402
 
 from surgical_helpers import tiny_world  # noqa: E402
 from wmbook.chapters import ch06_surgical_tdmpc as C  # noqa: E402
+from wmbook.surgical import analysis as A  # noqa: E402
 from wmbook.chapters import get_profile  # noqa: E402
+from wmbook.surgical import compare as PC  # noqa: E402
 from wmbook.surgical import policies as P  # noqa: E402
 from wmbook.surgical.imitation import ImitationPolicy  # noqa: E402
 
@@ -43,8 +45,8 @@ def test_chapter_config_puts_data_and_checkpoints_under_the_run_folder(tmp_path)
 
 
 def _recording(phases, actions):
-    rec = C.Recording()
-    policy = C.RecordingPolicy(_Fixed(actions), rec)
+    rec = A.Recording()
+    policy = A.RecordingPolicy(_Fixed(actions), rec)
     policy.reset(None)
     for phase in phases:
         policy.act(np.full(4, phase, np.float32), {"phase": phase})
@@ -71,15 +73,15 @@ def test_recording_and_phase_action_distribution():
     rec = _recording([0, 0, 1], [[3], [3, 4], [9]])
     assert rec.phases == [0, 0, 1] and len(rec.actions) == 3 and rec.starts == [0]
     assert rec.procedure(0).shape == (3, 4)
-    dist = C.phase_action_distribution(rec)
+    dist = A.phase_action_distribution(rec)
     assert dist[0, 3] == pytest.approx(2 / 3) and dist[0, 4] == pytest.approx(1 / 3)
     assert dist[1, 9] == 1.0 and np.isnan(dist[2]).all()
     np.testing.assert_allclose(np.nansum(dist, 1)[:2], 1.0)
-    same = C.distribution_distance(dist, dist)
-    other = C.distribution_distance(C.phase_action_distribution(_recording([0, 1], [[50], [51]])), dist)
+    same = A.distribution_distance(dist, dist)
+    other = A.distribution_distance(A.phase_action_distribution(_recording([0, 1], [[50], [51]])), dist)
     assert same == 0.0 and other == 1.0
     with pytest.raises(ValueError, match="share no phase"):
-        C.distribution_distance(dist, C.phase_action_distribution(_recording([5], [[1]])))
+        A.distribution_distance(dist, A.phase_action_distribution(_recording([5], [[1]])))
 
 
 def test_rankings_and_kendall_tau():
@@ -126,27 +128,27 @@ def test_mean_table_and_formatted_tables():
 def test_projection_is_centred_with_a_fixed_sign():
     rng = np.random.default_rng(0)
     frames = rng.normal(size=(200, 5)) * np.array([5.0, 2.0, 0.1, 0.1, 0.1])
-    projection = C.Projection(frames)
+    projection = A.Projection(frames)
     xy = projection(frames)
     assert xy.shape == (200, 2) and np.allclose(xy.mean(0), 0, atol=1e-9)
     assert xy[:, 0].var() > xy[:, 1].var() > 1.0  # the two widest directions, in order
-    again = C.Projection(frames[::-1])
+    again = A.Projection(frames[::-1])
     np.testing.assert_allclose(again(frames), xy, atol=1e-9)
     with pytest.raises(ValueError, match="shape"):
-        C.Projection(frames[:2])
+        A.Projection(frames[:2])
 
 
 def test_imagined_trajectory_and_outlook(tiny):
     config, dataset, model = tiny
     procedure, W = dataset.test[0], model.config.context
-    frames = C.imagined_trajectory(model, procedure, W, 5)
+    frames = A.imagined_trajectory(model, procedure, W, 5)
     assert frames.shape == (5, procedure.embeddings.shape[1]) and np.isfinite(frames).all()
     with pytest.raises(ValueError, match="context"):
-        C.imagined_trajectory(model, procedure, W - 1, 5)
+        A.imagined_trajectory(model, procedure, W - 1, 5)
     policies = {"imitation": lambda start: ImitationPolicy(model, 0),
                 "greedy": lambda start: P.LatentPolicy(model, P.imitation_chooser(model))}
-    views = C.outlook(model, policies, procedure, W + 2, config.simulator, model.config.reward_weights, 4)
-    again = C.outlook(model, policies, procedure, W + 2, config.simulator, model.config.reward_weights, 4)
+    views = A.outlook(model, policies, procedure, W + 2, config.simulator, model.config.reward_weights, 4)
+    again = A.outlook(model, policies, procedure, W + 2, config.simulator, model.config.reward_weights, 4)
     for name, view in views.items():
         assert 1 <= len(view.labels) <= 3 and len(view.rewards) == len(view.risks) <= 4
         np.testing.assert_array_equal(view.rewards, again[name].rewards)  # the simulator is seeded
@@ -162,12 +164,12 @@ def test_figures_have_their_panels():
     fig = C.plot_reward_curves([{"curves": curves, "seed": 0}, {"curves": curves, "seed": 1}])
     assert len(fig.axes) == 2 and len(fig.axes[0].lines) == 6 and len(fig.axes[1].lines) == 2
     plt.close(fig)
-    dist = {n: C.phase_action_distribution(_recording([0, 1, 2], [[1], [2, 3], [4]])) for n in ("expert", "iql")}
+    dist = {n: A.phase_action_distribution(_recording([0, 1, 2], [[1], [2, 3], [4]])) for n in ("expert", "iql")}
     fig = C.plot_action_distributions(dist, top=4)
     assert len(fig.axes) == 3 and len(fig.axes[0].get_xticklabels()) == 4  # two panels and a colour bar
     plt.close(fig)
     frames = rng.normal(size=(50, 4))
-    fig = C.plot_state_trajectories(C.Projection(frames), frames[:10], frames[10:20], {"iql": frames[20:30]}, frames,
+    fig = C.plot_state_trajectories(A.Projection(frames), frames[:10], frames[10:20], {"iql": frames[20:30]}, frames,
                                     window=3)
     assert len(fig.axes[0].lines) == 2 + 2 + 1  # real, imagined, the policy and its end, the start
     plt.close(fig)
@@ -184,11 +186,11 @@ def test_smooth_averages_windows():
 
 def test_compare_records_keeps_choosers_and_limits_the_map_table(tiny):
     config, dataset, model = tiny
-    settings = P.CompareSettings(ppo_steps=400, offline_steps=5, map_stride=4, gap_steps=3,
-                                 planner=P.PlannerConfig(horizon=2, samples=8, iterations=1, elites=2),
-                                 map_policies=("imitation", "iql"), map_components=("i", "ivt"))
+    settings = PC.CompareSettings(ppo_steps=400, offline_steps=5, map_stride=4, gap_steps=3,
+                                  planner=P.PlannerConfig(horizon=2, samples=8, iterations=1, elites=2),
+                                  map_policies=("imitation", "iql"), map_components=("i", "ivt"))
     recordings: dict = {}
-    out = P.compare_policies(config, dataset, model, settings, keep_policies=True, wrap=C.recorder(recordings))
+    out = PC.compare_policies(config, dataset, model, settings, keep_policies=True, wrap=A.recorder(recordings))
     assert set(out["map"]) == {"imitation_current", "imitation", "iql"}
     assert set(out["map"]["iql"]["1"]) == {"i", "ivt"}
     assert set(out["choosers"]) == set(out["truth"]) - {"expert"}
@@ -197,12 +199,12 @@ def test_compare_records_keeps_choosers_and_limits_the_map_table(tiny):
         assert len(rec.starts) == len(dataset.test) and len(rec.actions) == len(rec.phases) == len(rec.frames)
         steps = out["truth"][name]["frames"] - config.evaluation.start_frame
         assert len(rec.actions) == pytest.approx(steps * len(dataset.test))
-    text = re.sub(" +", " ", P.format_comparison(out))
+    text = re.sub(" +", " ", PC.format_comparison(out))
     assert "| iql |" in text and "| ppo |" not in text.split("\n\n")[0]
 
 
 def test_running_mean():
     frames = np.arange(10.0).reshape(5, 2)
-    np.testing.assert_allclose(C.running_mean(frames, 2), [[1, 2], [3, 4], [5, 6], [7, 8]])
-    np.testing.assert_allclose(C.running_mean(frames, 9), [[4, 5]])  # fewer frames than the window
-    np.testing.assert_allclose(C.running_mean(frames, 1), frames)
+    np.testing.assert_allclose(A.running_mean(frames, 2), [[1, 2], [3, 4], [5, 6], [7, 8]])
+    np.testing.assert_allclose(A.running_mean(frames, 9), [[4, 5]])  # fewer frames than the window
+    np.testing.assert_allclose(A.running_mean(frames, 1), frames)

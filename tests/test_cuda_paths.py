@@ -23,8 +23,9 @@ from wmbook.buffers import Transitions
 from wmbook.checkpoint import load_checkpoint, save_checkpoint
 from wmbook.device import amp_dtype, seed_everything, to_device
 from wmbook.envs import collect_transitions, make_env
-from wmbook.models import DynamicsConfig, DynamicsModel, TrainConfig, dynamics, ensemble
-from wmbook.models.dynamics import evaluate_dynamics, train_dynamics
+from wmbook.models import DynamicsConfig, DynamicsModel, TrainConfig, dynamics, ensemble, training
+from wmbook.models.dynamics import evaluate_dynamics
+from wmbook.models.training import train_dynamics
 from wmbook.models.ensemble import DynamicsEnsemble, train_ensemble
 
 from helpers import assert_same_state, state_of
@@ -139,8 +140,8 @@ def test_training_steps_run_under_autocast_and_validation_in_float32(data, monke
     train, val = data
     _force_gpu_precision(monkeypatch, dtype)
     calls = _spy_autocast(monkeypatch)
-    losses, real_loss = [], dynamics.batch_loss
-    monkeypatch.setattr(dynamics, "batch_loss", lambda m, b: losses.append(real_loss(m, b)) or losses[-1])
+    losses, real_loss = [], training.batch_loss
+    monkeypatch.setattr(training, "batch_loss", lambda m, b: losses.append(real_loss(m, b)) or losses[-1])
     model = _model()
     seen = _record_dtypes(model.trunk)
     history = train_dynamics(model, train, val, QUICK, progress=False)
@@ -185,7 +186,7 @@ def test_an_active_scaler_changes_no_weight_so_clipping_sees_true_gradients(data
     plain = _model()
     train_dynamics(plain, train, val, config, progress=False)
     plain_norms, norms[:] = list(norms), []
-    monkeypatch.setattr(dynamics, "grad_scaler",
+    monkeypatch.setattr(training, "grad_scaler",
                         lambda device, enabled=True: torch.amp.GradScaler("cpu", enabled=True))
     scaled = _model()
     train_dynamics(scaled, train, val, config, progress=False)
@@ -247,16 +248,16 @@ class Interrupted(Exception):
 
 
 def _train_interrupted_after_first_epoch(model, train, val, config, path, monkeypatch, device="cpu"):
-    real_save = dynamics.save_checkpoint
+    real_save = training.save_state
 
     def save_then_stop(*args, **kwargs):
         real_save(*args, **kwargs)
         raise Interrupted
 
-    monkeypatch.setattr(dynamics, "save_checkpoint", save_then_stop)
+    monkeypatch.setattr(training, "save_state", save_then_stop)
     with pytest.raises(Interrupted):
         train_dynamics(model, train, val, config, device=device, progress=False, checkpoint_path=path)
-    monkeypatch.setattr(dynamics, "save_checkpoint", real_save)
+    monkeypatch.setattr(training, "save_state", real_save)
 
 
 def test_checkpoint_carries_the_grad_scaler_state_and_resumes_exactly(data, tmp_path, monkeypatch,
@@ -269,7 +270,7 @@ def test_checkpoint_carries_the_grad_scaler_state_and_resumes_exactly(data, tmp_
 
     path = tmp_path / "training.pt"
     _train_interrupted_after_first_epoch(_model(), train, val, config, path, monkeypatch)
-    saved = load_checkpoint(path, "DynamicsTraining")["scaler"]
+    saved = load_checkpoint(path, "DynamicsTraining")["states"]["scaler"]
     assert saved["scale"] == recording_scaler.made[-1].get_scale() > 1.0
     assert {"growth_factor", "backoff_factor", "growth_interval", "_growth_tracker"} <= set(saved)
 
@@ -286,7 +287,7 @@ def test_resume_starts_from_the_saved_scale(data, tmp_path, monkeypatch, recordi
     path = tmp_path / "training.pt"
     _train_interrupted_after_first_epoch(_model(), train, val, config, path, monkeypatch)
     state = load_checkpoint(path, "DynamicsTraining")
-    state["scaler"]["scale"] = 1024.0  # as if float16 gradients had overflowed six times
+    state["states"]["scaler"]["scale"] = 1024.0  # as if float16 gradients had overflowed six times
     save_checkpoint(path, "DynamicsTraining", {k: v for k, v in state.items() if k not in ("kind", "format")})
     train_dynamics(_model(), train, val, config, progress=False, checkpoint_path=path)
     assert recording_scaler.made[-1].first_scale == 1024.0
@@ -298,10 +299,7 @@ def test_a_checkpoint_without_scaler_state_resumes_with_a_fresh_scaler(data, tmp
     config = dataclasses.replace(QUICK, epochs=3)
     path = tmp_path / "training.pt"
     _train_interrupted_after_first_epoch(_model(), train, val, config, path, monkeypatch)
-    state = load_checkpoint(path, "DynamicsTraining")
-    assert state["scaler"] == {}  # saved without an active scaler
-    del state["scaler"]  # as written before checkpoints carried one
-    save_checkpoint(path, "DynamicsTraining", {k: v for k, v in state.items() if k not in ("kind", "format")})
+    assert load_checkpoint(path, "DynamicsTraining")["states"]["scaler"] == {}  # saved without an active scaler
     _force_gpu_precision(monkeypatch, torch.float16)  # now resumed where a scaler is active
     history = train_dynamics(_model(), train, val, config, progress=False, checkpoint_path=path)
     assert history.epochs == 3 and all(np.isfinite(history.val["total"]))
@@ -398,7 +396,7 @@ def test_every_host_to_device_copy_in_the_loops_goes_through_to_device(data, rea
             depth[0] -= 1
 
     real_to_device = dev.to_device
-    for module in (dev, replay, sequence, dynamics, ensemble, dqn, dyna, rollout):
+    for module in (dev, replay, sequence, dynamics, training, ensemble, dqn, dyna, rollout):
         monkeypatch.setattr(module, "to_device", counted_to_device)
     real_to = torch.Tensor.to
 
@@ -482,7 +480,7 @@ def test_cuda_float16_with_a_grad_scaler_learns_and_resumes(data, tmp_path, monk
     monkeypatch.setattr(dev, "amp_dtype", lambda device: torch.float16)  # as on a pre-Ampere GPU
     path = tmp_path / "training.pt"
     _train_interrupted_after_first_epoch(_model(), train, val, config, path, monkeypatch, CUDA)
-    saved = load_checkpoint(path, "DynamicsTraining")["scaler"]
+    saved = load_checkpoint(path, "DynamicsTraining")["states"]["scaler"]
     assert saved["scale"] > 1.0
     model = _model()
     history = train_dynamics(model, train, val, config, device=CUDA, progress=False, checkpoint_path=path)

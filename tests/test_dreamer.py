@@ -9,8 +9,8 @@ import json
 import pytest
 import torch
 
-from wmbook.agents.dreamer import (
-    Dreamer, DreamerConfig, ReturnScale, lambda_returns, main, train_dreamer)
+from wmbook.agents.dreamer import Dreamer, DreamerConfig, ReturnScale, lambda_returns
+from wmbook.agents.dreamer_trainer import main, train_dreamer
 from wmbook.buffers import SequenceBuffer
 
 TINY = DreamerConfig(total_steps=160, prefill=60, replay_ratio=0.25, batch_size=4, seq_len=8,

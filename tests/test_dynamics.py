@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-import wmbook.models.dynamics as dynamics
+import wmbook.models.training as training
 from wmbook.buffers import Transitions
 from wmbook.checkpoint import save_checkpoint
 from wmbook.device import seed_everything
@@ -22,7 +22,7 @@ from wmbook.models import (
     mlp,
     train_dynamics,
 )
-from wmbook.models.dynamics import _mean_losses
+from wmbook.models.training import _mean_losses
 
 from helpers import assert_same_state, state_of
 
@@ -318,7 +318,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(cartpole_data, t
 
     path = tmp_path / "ckpt" / "training.pt"
     saves = []
-    real_save = dynamics.save_checkpoint
+    real_save = training.save_state
 
     def save_then_interrupt(*args, **kwargs):
         result = real_save(*args, **kwargs)
@@ -327,10 +327,10 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(cartpole_data, t
             raise KeyboardInterrupt("simulated interruption after epoch 2")
         return result
 
-    monkeypatch.setattr(dynamics, "save_checkpoint", save_then_interrupt)
+    monkeypatch.setattr(training, "save_state", save_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         train_dynamics(_model(7), train, val, config, progress=False, checkpoint_path=path)
-    monkeypatch.setattr(dynamics, "save_checkpoint", real_save)
+    monkeypatch.setattr(training, "save_state", real_save)
     assert path.is_file() and len(saves) == 2
 
     resumed = _model(7)
@@ -349,13 +349,13 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(cartpole_data, t
 def test_training_checkpoint_is_written_every_epoch(cartpole_data, tmp_path, monkeypatch):
     train, val = cartpole_data
     epochs_saved = []
-    real_save = dynamics.save_checkpoint
+    real_save = training.save_state
 
-    def spy(path, kind, payload):
-        epochs_saved.append((kind, payload["epoch"], payload["done"]))
-        return real_save(path, kind, payload)
+    def spy(path, kind, objects, **values):
+        epochs_saved.append((kind, values["epoch"], values["done"]))
+        return real_save(path, kind, objects, **values)
 
-    monkeypatch.setattr(dynamics, "save_checkpoint", spy)
+    monkeypatch.setattr(training, "save_state", spy)
     train_dynamics(_model(), train.index(slice(0, 500)), val.index(slice(0, 100)),
                    TrainConfig(epochs=3, batch_size=128, patience=10), progress=False,
                    checkpoint_path=tmp_path / "t.pt")

@@ -6,7 +6,6 @@ import pytest
 
 from wmbook.buffers import ReplayBuffer
 from wmbook.envs import (
-    EpsilonGreedy,
     RandomPolicy,
     buffer_for,
     collect_transitions,
@@ -170,49 +169,6 @@ def test_episode_lengths_leaves_out_the_unfinished_episode():
         buffer.add(np.zeros(1), 0, 1.0, np.zeros(1), terminated=end)
     assert episode_lengths(buffer).tolist() == [3, 2, 1]
     assert episode_lengths(ReplayBuffer(3, (1,))).tolist() == []
-
-
-# -- policies ---------------------------------------------------------------------------
-
-
-def _never(obs):
-    raise AssertionError("the greedy policy must not be consulted")
-
-
-def test_epsilon_zero_is_always_greedy():
-    policy = EpsilonGreedy(lambda obs: 7, n_actions=2, epsilon=0.0, seed=0)
-    assert {policy(np.zeros(4)) for _ in range(200)} == {7}
-
-
-def test_epsilon_one_is_always_random():
-    policy = EpsilonGreedy(_never, n_actions=3, epsilon=1.0, seed=0)
-    actions = [policy(np.zeros(4)) for _ in range(300)]
-    assert set(actions) == {0, 1, 2}
-    assert all(isinstance(a, int) for a in actions)
-
-
-def test_epsilon_mixes_at_the_given_rate_reproducibly():
-    def run(seed):
-        policy = EpsilonGreedy(lambda obs: -1, n_actions=2, epsilon=0.3, seed=seed)
-        return [policy(np.zeros(4)) for _ in range(2000)]
-
-    actions = run(1)
-    random_share = np.mean(np.array(actions) != -1)
-    assert 0.25 < random_share < 0.35
-    assert run(1) == actions
-    assert run(2) != actions
-
-
-@pytest.mark.parametrize("epsilon", [-0.1, 1.01, float("nan")])
-def test_invalid_epsilon_raises(epsilon):
-    with pytest.raises(ValueError, match="epsilon"):
-        EpsilonGreedy(lambda obs: 0, 2, epsilon)
-
-
-def test_collect_with_epsilon_greedy_policy():
-    env = make_env("CartPole-v1")
-    buffer = collect_transitions(env, 50, policy=EpsilonGreedy(lambda obs: 1, 2, 0.0), seed=0)
-    assert set(buffer.all().action.tolist()) == {1}
 
 
 # -- set_cartpole_state -----------------------------------------------------------------

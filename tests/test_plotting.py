@@ -11,7 +11,7 @@ import pytest  # noqa: E402
 from wmbook import plotting  # noqa: E402
 from wmbook.agents.dyna import ModelCheck  # noqa: E402
 from wmbook.models import evaluate_dynamics  # noqa: E402
-from wmbook.models.dynamics import TrainHistory  # noqa: E402
+from wmbook.models.training import TrainHistory  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -112,9 +112,8 @@ def glued(monkeypatch):
 
 def test_results_glue_records_plain_values(glued):
     results = Results("01_world_model", "ci", 3, "cpu")
-    results.glue("mse", np.float32(0.25))
-    results.glue("n", torch.tensor(7))
-    results.glue("label", "small")
+    results.glue(mse=np.float32(0.25), n=torch.tensor(7))
+    results.glue(label="small")
     assert results.values == {"mse": 0.25, "n": 7, "label": "small"}
     assert type(results.values["mse"]) is float and type(results.values["n"]) is int
     assert glued == [("mse", 0.25, False), ("n", 7, False), ("label", "small", False)]
@@ -123,13 +122,13 @@ def test_results_glue_records_plain_values(glued):
 def test_results_glue_without_myst_nb(monkeypatch):
     monkeypatch.setitem(sys.modules, "myst_nb", None)  # import fails, as on Colab
     results = Results("01_world_model", "full", 0, "cpu")
-    results.glue("score", np.int64(4))
+    results.glue(score=np.int64(4))
     assert results.values == {"score": 4}
 
 
 def test_results_glue_outside_a_kernel_does_not_fail():
     results = Results("01_world_model", "ci", 0, "cpu")
-    results.glue("value", 1.5)  # the real myst_nb.glue, with no IPython kernel
+    results.glue(value=1.5)  # the real myst_nb.glue, with no IPython kernel
     assert results.values == {"value": 1.5}
 
 
@@ -137,14 +136,14 @@ def test_results_glue_outside_a_kernel_does_not_fail():
 def test_results_glue_refuses_arrays(glued, array):
     results = Results("01_world_model", "ci", 0, "cpu")
     with pytest.raises(ValueError, match="expected a scalar"):
-        results.glue("curve", array)
+        results.glue(curve=array)
     assert results.values == {} and glued == []
 
 
 def test_results_write(glued, tmp_path):
     results = Results("01_world_model", "ci", 11, torch.device("cpu"))
-    results.glue("f1", np.float64(0.5))
-    results.record("seconds", np.float32(2.0))
+    results.glue(f1=np.float64(0.5))
+    results.record(seconds=np.float32(2.0))
     path = results.write(tmp_path / "out" / "results.json")
     assert path == tmp_path / "out" / "results.json"
     data = json.loads(path.read_text())

@@ -7,13 +7,13 @@ repeat exactly under the same seed. Chapter 6's world model has its CUDA test be
 
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import pytest
 import torch
 
-from wmbook.agents.dreamer import DreamerConfig, train_dreamer
+from wmbook.agents.dreamer import DreamerConfig
+from wmbook.agents.dreamer_trainer import train_dreamer
 from wmbook.agents.ppo import PPO, Batch, BernoulliHead, PPOConfig, train_ppo
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

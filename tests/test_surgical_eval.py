@@ -11,7 +11,7 @@ from wmbook.surgical import evaluation as E
 from wmbook.surgical.data import load_dataset
 from wmbook.surgical.experiment import expert_for, generate
 from wmbook.surgical.imitation import ImitationPolicy, anticipate
-from wmbook.surgical.simulator import SurgicalEnv
+from wmbook.surgical.env import SurgicalEnv
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from wmbook.agents.ppo import BernoulliHead
 from wmbook.surgical.tdmpc import PlannerConfig, SurgicalTDMPC, TDMPCConfig
 from wmbook.surgical import cli
 from wmbook.surgical import evaluation as E
+from wmbook.surgical import compare as PC
 from wmbook.surgical import policies as P
 
 SMALL_PLANNER = PlannerConfig(horizon=2, samples=8, iterations=1, elites=2)
@@ -82,11 +83,11 @@ def test_policies_act_in_the_simulator_and_are_scored(tiny):
         action = policy.act(obs, info)
         assert action.shape == (100,) and 1 <= action.sum() <= 3
         obs, *_ , info = env.step(action)
-    table = P.policy_map_table(model, dataset.test, P.imitation_chooser(model), (1, 2), stride=3)
+    table = PC.policy_map_table(model, dataset.test, P.imitation_chooser(model), (1, 2), stride=3)
     assert set(table) == {1, 2} and 0 <= table[1]["ivt"] <= 1
     with pytest.raises(ValueError, match="k >= 1"):
-        P.policy_anticipation(model, dataset.test[0], choose, (0, 1))
-    assert np.isfinite(P.promised_return(model, [start], choose, 4))
+        PC.policy_anticipation(model, dataset.test[0], choose, (0, 1))
+    assert np.isfinite(PC.promised_return(model, [start], choose, 4))
 
 
 def test_value_components_track_progress(tiny):
@@ -167,8 +168,8 @@ def test_an_interrupted_offline_run_resumes_to_the_same_policy(tiny, tmp_path):
     P.save_policy(part, "iql", model, agent, IQLConfig(steps=8, hidden=8, batch_size=16), 4, opt["o"])
     info = P.train_policy("iql", model, dataset.train, part, {"steps": 8, "hidden": 8, "batch_size": 16})
     assert info["resumed"]
-    a = torch.load(whole, weights_only=True)["state"]
-    b = torch.load(part, weights_only=True)["state"]
+    a = torch.load(whole, weights_only=True)["states"]["agent"]
+    b = torch.load(part, weights_only=True)["states"]["agent"]
     assert saved["step"] == 8
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-6), key
@@ -178,9 +179,9 @@ def test_the_comparison_harness_gives_both_tables_and_rankings(tiny):
     config, dataset, model, _ = tiny
     # policies that never finish are cut at 1.2x the mean length (3x in the book), for speed
     config = dataclasses.replace(config, simulator=dataclasses.replace(config.simulator, max_frames_factor=1.2))
-    settings = P.CompareSettings(ppo_steps=400, offline_steps=5, planner=SMALL_PLANNER, map_stride=8,
-                                 gap_steps=3)
-    results = P.compare_policies(config, dataset, model, settings)
+    settings = PC.CompareSettings(ppo_steps=400, offline_steps=5, planner=SMALL_PLANNER, map_stride=8,
+                                  gap_steps=3)
+    results = PC.compare_policies(config, dataset, model, settings)
     policies = {"imitation", "ppo", "ppo_safe", "ppo_alt_weights", "iql", "tdmpc", "tdmpc_safe"}
     assert set(results["truth"]) == policies | {"expert"}
     assert set(results["map"]) == policies | {"imitation_current"}
@@ -188,7 +189,7 @@ def test_the_comparison_harness_gives_both_tables_and_rankings(tiny):
         row = results["truth"][name]
         assert row["exploitation_gap"] == pytest.approx(row["promised_return"] - row["true_prefix_return"])
         assert 0 <= results["map"][name]["1"]["ivt"] <= 1
-    text = re.sub(" +", " ", P.format_comparison(results))
+    text = re.sub(" +", " ", PC.format_comparison(results))
     assert "Ranking by ivt mAP (+1 s):" in text and "Ranking by true return:" in text
     assert text.count("| tdmpc_safe |") == 2
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from wmbook.surgical import simulator as S
+from wmbook.surgical.env import SurgicalEnv
 from wmbook.surgical.surgeons import ORACLE, Surgeon, SurgeonProfile, recognise, run_procedure
 from wmbook.surgical.triplets import (INSTRUMENTS, N_TRIPLETS, instruments_of, triplet_index,
                                       triplet_map, triplet_name)
@@ -31,7 +32,7 @@ def test_the_class_mapping_is_ivtmetrics_cholect50_structure():
 
 
 def procedure(profile=None, seed=5, config=SHORT):
-    env = S.SurgicalEnv(config)
+    env = SurgicalEnv(config)
     return run_procedure(env, Surgeon(profile or SurgeonProfile.draw("s", 1)), S.Patient.draw(seed)), env
 
 
@@ -61,7 +62,7 @@ def test_at_most_three_triplets_per_frame():
     arrays, _ = procedure()
     active = arrays["triplets"].sum(1)
     assert active.max() <= 3 and active.mean() > 1.0
-    env = S.SurgicalEnv(SHORT)
+    env = SurgicalEnv(SHORT)
     env.reset(seed=0)
     four = labels("hook,dissect,gallbladder", "grasper,retract,gallbladder",
                   "irrigator,aspirate,fluid", "bipolar,coagulate,liver")
@@ -122,7 +123,7 @@ def test_a_procedure_resumed_from_a_stored_state_repeats_itself():
 
 
 def test_env_reward_is_the_weighted_sum_and_an_idle_policy_is_truncated():
-    env = S.SurgicalEnv(SHORT, reward_weights={"_r_risk": -1.0})
+    env = SurgicalEnv(SHORT, reward_weights={"_r_risk": -1.0})
     obs, info = env.reset(seed=1)
     assert obs.shape == (16,) and env.action_space.n == 100
     steps, done = 0, False
@@ -132,7 +133,7 @@ def test_env_reward_is_the_weighted_sum_and_an_idle_policy_is_truncated():
         done, steps = terminated or truncated, steps + 1
     assert truncated and not terminated and steps == SHORT.max_frames
     with pytest.raises(KeyError, match="unknown reward components"):
-        S.SurgicalEnv(SHORT, reward_weights={"risk": 1.0})
+        SurgicalEnv(SHORT, reward_weights={"risk": 1.0})
 
 
 def test_the_recogniser_has_the_configured_accuracy():
@@ -165,7 +166,7 @@ def test_surgeons_are_good_but_the_oracle_is_better():
 
 def test_no_reward_for_prolonging_the_procedure():
     """Every per-frame term is <= 0 unless the procedure progresses: idling cannot pay."""
-    env = S.SurgicalEnv(SHORT)
+    env = SurgicalEnv(SHORT)
     env.reset(seed=2)
     idle = labels("grasper,null_verb,null_target")
     for _ in range(20):

@@ -9,7 +9,8 @@ from wmbook.buffers import ReplayBuffer, Transitions
 from wmbook.device import seed_everything
 from wmbook.envs import buffer_for, collect_transitions, make_env
 from wmbook.models import DynamicsConfig, DynamicsModel, TrainConfig, multistep_loss, train_dynamics
-from wmbook.models.dynamics import LOSS_COMPONENTS, _mean_losses, batch_loss
+from wmbook.models.dynamics import LOSS_COMPONENTS, batch_loss
+from wmbook.models.training import _mean_losses
 
 FIELDS = ("obs", "action", "reward", "next_obs", "terminated", "truncated")
 SMALL = DynamicsConfig(hidden_size=32, n_layers=2)

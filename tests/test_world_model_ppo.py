@@ -12,8 +12,9 @@ import pytest
 import torch
 import yaml
 
-from wmbook.agents.world_model_ppo import (DEFAULT_CONFIG_PATH, Config, ConfigError, WorldModelPPOTrainer,
-                                           config_from_dict, config_to_dict, load_config, with_overrides)
+from wmbook.agents.world_model_ppo import Config, WorldModelPPOTrainer, load_config, with_overrides
+from wmbook.agents.world_model_ppo.config import DEFAULT_CONFIG_PATH, config_from_dict
+from wmbook.config import ConfigError, to_dict as config_to_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -157,7 +158,7 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     (["--config", "c.yaml"], "world_model.mdn_rnn.mixtures"),
 ])
 def test_bad_input_gives_one_line_and_exit_code_2(tmp_path, monkeypatch, capsys, args, message):
-    from wmbook.agents.world_model_ppo import main
+    from wmbook.agents.world_model_ppo.cli import main
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump({"world_model": {"mdn_rnn": {"mixtures": 3}}}))
@@ -187,7 +188,7 @@ def test_command_line_trains_resumes_and_logs_to_tensorboard(tmp_path):
 
 
 def test_v_and_m_sections_take_their_defaults_from_the_models_settings():
-    from wmbook.agents.world_model_ppo import MDN_KEYS, VAE_KEYS, MDNSection, VAESection
+    from wmbook.agents.world_model_ppo.config import MDN_KEYS, VAE_KEYS, MDNSection, VAESection
     from wmbook.models.mdn_rnn import MDNRNNConfig
     from wmbook.models.vae import VAEConfig
 
@@ -203,7 +204,7 @@ def test_v_and_m_sections_take_their_defaults_from_the_models_settings():
 
 def test_the_ppo_section_takes_its_defaults_from_ppo_config():
     from wmbook.agents.ppo import PPOConfig
-    from wmbook.agents.world_model_ppo import PPO_KEYS, PPOSection
+    from wmbook.agents.world_model_ppo.config import PPO_KEYS, PPOSection
 
     section, defaults = PPOSection(), PPOConfig()
     assert sorted(f.name for f in dataclasses.fields(section)) == sorted(PPO_KEYS)
@@ -226,7 +227,8 @@ def test_m_trains_for_memory_epochs_passes_or_as_many_as_v(tmp_path, memory_epoc
 def test_the_controller_is_evaluated_through_v_and_m_episode_by_episode(tmp_path):
     """The book's protocol with C's memory: V encodes every real frame, M steps on the rows that
     acted, and the same controller from the same starts gets the same returns."""
-    from wmbook.agents.world_model_ppo import ControllerPolicy, WorldModelPPOTrainer, evaluate_controller, make_envs
+    from wmbook.agents.world_model_ppo.config import make_envs
+    from wmbook.agents.world_model_ppo.controller import ControllerPolicy, evaluate_controller
     from wmbook.evaluation import evaluate
 
     trainer = WorldModelPPOTrainer(tiny(tmp_path))

@@ -17,8 +17,9 @@ from pathlib import Path
 
 # subcommand -> module whose main(argv) runs it (listed in --help once the module exists)
 TOOLS: dict[str, tuple[str, str]] = {
-    "train-world-model-ppo": ("wmbook.agents.world_model_ppo", "Chapter 4: train V + M + C (PPO partly in the dream)"),
-    "dreamer": ("wmbook.agents.dreamer", "Chapter 5: train the Dreamer agent"),
+    "train-world-model-ppo": ("wmbook.agents.world_model_ppo.cli",
+                              "Chapter 4: train V + M + C (PPO partly in the dream)"),
+    "dreamer": ("wmbook.agents.dreamer_trainer", "Chapter 5: train the Dreamer agent"),
     "surgical": ("wmbook.surgical.cli", "Chapter 6: the surgical simulator, world model and policies"),
 }
 

@@ -48,21 +48,6 @@ class RandomPolicy:
         return self.action_space.sample()
 
 
-class EpsilonGreedy:
-    """With probability ``epsilon`` a uniformly random action, else ``greedy(obs)``."""
-
-    def __init__(self, greedy: Policy, n_actions: int, epsilon: float, seed: int = 0):
-        if not 0.0 <= epsilon <= 1.0:
-            raise ValueError(f"epsilon must lie in [0, 1], got {epsilon}")
-        self.greedy, self.n_actions, self.epsilon = greedy, n_actions, epsilon
-        self.rng = np.random.default_rng(seed)
-
-    def __call__(self, obs: np.ndarray):
-        if self.rng.random() < self.epsilon:
-            return int(self.rng.integers(self.n_actions))
-        return self.greedy(obs)
-
-
 def buffer_for(env: gym.Env, capacity: int, seed: int = 0) -> ReplayBuffer:
     """An empty :class:`ReplayBuffer` shaped for ``env``'s observation and action spaces."""
     space = env.action_space
@@ -125,6 +110,34 @@ def set_cartpole_state(env: gym.Env, state: np.ndarray) -> None:
         raise ValueError(f"CartPole state contains NaN or infinity: {state}")
     core.state = state.copy()
     core.steps_beyond_terminated = None
+
+
+def _time_limit(env):
+    while env is not None:
+        if isinstance(env, gym.wrappers.TimeLimit):
+            return env
+        env = getattr(env, "env", None)
+    return None
+
+
+def env_state(env) -> dict:
+    """What continues a classic-control environment exactly: its state, step count and generator."""
+    core, limit = env.unwrapped, _time_limit(env)
+    return {"state": np.asarray(core.state, dtype=np.float64).tolist(),
+            "steps_beyond_terminated": core.steps_beyond_terminated,
+            "rng": core.np_random.bit_generator.state,
+            "elapsed": None if limit is None else limit._elapsed_steps}
+
+
+def restore_env_state(env, saved: dict) -> None:
+    """Put ``env`` back in the state :func:`env_state` saved."""
+    env.reset(seed=0)  # lets the order-enforcing wrapper accept steps
+    core, limit = env.unwrapped, _time_limit(env)
+    core.state = np.asarray(saved["state"], dtype=np.float64)
+    core.steps_beyond_terminated = saved["steps_beyond_terminated"]
+    core.np_random.bit_generator.state = saved["rng"]
+    if limit is not None:
+        limit._elapsed_steps = saved["elapsed"]
 
 
 def _start_rows(rows, keep_integers: bool) -> np.ndarray:

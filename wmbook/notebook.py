@@ -45,9 +45,9 @@ def show_source(obj: Any, start: str | None = None, stop: str | None = None) -> 
 class Results:
     """The headline numbers of a chapter: glued into its prose and written to a JSON file.
 
-    ``glue(name, value)`` makes ``value`` available to the chapter's text through MyST-NB's
-    ``{glue:text}`` role and records it; ``write(path)`` saves every recorded value with the
-    chapter, profile, seed and environment stamp.
+    ``glue(name=value, ...)`` makes each value available to the chapter's text through MyST-NB's
+    ``{glue:text}`` role and records it; ``record(name=value, ...)`` only records; ``write(path)``
+    saves every recorded value with the chapter, profile, seed and environment stamp.
     """
 
     def __init__(self, chapter: str, profile: str, seed: int, device):
@@ -55,26 +55,30 @@ class Results:
                      "environment": environment_stamp(device)}
         self.values: dict[str, Any] = {}
 
-    def glue(self, name: str, value: Any) -> None:
-        """Record ``value`` (a number or a string) and glue it for the prose.
+    def glue(self, **values: Any) -> None:
+        """Record each value (a number or a string) under its name and glue it for the prose:
+        ``results.glue(best_epoch=epoch, best_val_loss=loss)``.
 
         Returns nothing, so a call at the end of a cell never prints.
         """
-        if hasattr(value, "item"):  # NumPy/torch scalars: glue plain Python numbers
-            count = value.numel() if hasattr(value, "numel") else np.size(value)
-            if count != 1:
-                raise ValueError(f"glue {name!r}: expected a scalar, got shape {tuple(value.shape)}")
-            value = value.item()
-        self.values[name] = value
         try:
             from myst_nb import glue
         except ImportError:  # e.g. on Colab, where the book's build tools are not installed
-            return
-        glue(name, value, display=False)
+            glue = None
+        for name, value in values.items():
+            if hasattr(value, "item"):  # NumPy/torch scalars: glue plain Python numbers
+                count = value.numel() if hasattr(value, "numel") else np.size(value)
+                if count != 1:
+                    raise ValueError(f"glue {name!r}: expected a scalar, got shape {tuple(value.shape)}")
+                value = value.item()
+            self.values[name] = value
+            if glue is not None:
+                glue(name, value, display=False)
 
-    def record(self, name: str, value: Any) -> None:
-        """Keep ``value`` in the results file without gluing it (e.g. a wall-clock time)."""
-        self.values[name] = value.item() if hasattr(value, "item") else value
+    def record(self, **values: Any) -> None:
+        """Keep each value in the results file without gluing it (e.g. a wall-clock time)."""
+        self.values.update({name: value.item() if hasattr(value, "item") else value
+                            for name, value in values.items()})
 
     def write(self, path: str | Path) -> Path:
         write_json(path, {**self.meta, "results": self.values})

@@ -3,7 +3,8 @@
 from wmbook.agents.dqn import (
     DQNAgent, DQNConfig, DQNResult, evaluation_seed, train_dqn)
 from wmbook.agents.dyna import DynaConfig, DynaPlanner, imagined_transitions, train_dyna_dqn
-from wmbook.agents.dreamer import Dreamer, DreamerConfig, DreamerResult, lambda_returns, train_dreamer
+from wmbook.agents.dreamer import Dreamer, DreamerConfig, lambda_returns
+from wmbook.agents.dreamer_trainer import DreamerResult, train_dreamer
 from wmbook.agents.ppo import PPO, BernoulliHead, CategoricalHead, PPOConfig, train_ppo
 
 __all__ = [

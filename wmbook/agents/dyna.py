@@ -36,7 +36,8 @@ from wmbook.buffers import ReplayBuffer, Transitions
 from wmbook.device import to_device
 from wmbook.envs import make_env
 from wmbook.evaluation import kept_solved
-from wmbook.models.dynamics import DynamicsConfig, DynamicsModel, TrainConfig, train_dynamics
+from wmbook.models.dynamics import DynamicsConfig, DynamicsModel
+from wmbook.models.training import TrainConfig, train_dynamics
 from wmbook.models.ensemble import DynamicsEnsemble, train_ensemble
 from wmbook.rollout import imagine
 
@@ -46,7 +47,7 @@ class DynaConfig:
     """The imagined half of Dyna-DQN.
 
     ``model_mixed_precision`` becomes ``mixed_precision`` of the world model's
-    :class:`~wmbook.models.dynamics.TrainConfig`: on CUDA its refits train under autocast.
+    :class:`~wmbook.models.training.TrainConfig`: on CUDA its refits train under autocast.
     Imagined rollouts and every DQN update stay float32.
 
     ``ensemble_members`` > 1 replaces the single model by a bootstrapped ensemble whose

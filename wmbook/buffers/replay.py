@@ -112,8 +112,7 @@ class ReplayBuffer:
         obs_shape: shape of one observation, e.g. ``(4,)`` for CartPole.
         action_shape: shape of one action: ``()`` for a discrete action index.
         action_dtype: ``np.int64`` for discrete actions, ``np.float32`` for continuous ones.
-        seed: seed of the buffer's own sampling generator (used by :meth:`sample` and
-            :meth:`sample_windows`).
+        seed: seed of the buffer's own sampling generator (used by :meth:`sample`).
     """
 
     def __init__(
@@ -242,18 +241,6 @@ class ReplayBuffer:
         """Every stored transition, oldest first, as tensors on ``device``."""
         return self._gather(self.chronological_indices(), device)
 
-    def _window_starts(self, length: int) -> tuple[np.ndarray, np.ndarray]:
-        """Storage slots oldest first, and the positions in that order where a window of
-        ``length`` consecutive transitions of one episode starts."""
-        if length < 1:
-            raise ValueError(f"window length must be at least 1, got {length}")
-        order = self.chronological_indices()
-        joined = self._continues[order[:-1]]
-        # a window starting at position p needs links p -> p+1, ..., p+length-2 all joined
-        broken = np.concatenate([[0], np.cumsum(~joined)])
-        starts = np.arange(max(0, self._size - length + 1))
-        return order, starts[broken[starts + length - 1] - broken[starts] == 0]
-
     def windows(self, length: int, device: torch.device | str = "cpu") -> Transitions:
         """Every run of ``length`` consecutive transitions of one episode, as ``Transitions``
         of shape ``(N, length, ...)``, oldest first.
@@ -261,35 +248,17 @@ class ReplayBuffer:
         A window may end with an episode's last transition but never crosses an episode end.
         Consecutiveness is checked on the data (each ``next_obs`` is the following ``obs``), so
         separately collected batches are never joined. All ``N`` windows are built at once,
-        about ``length`` times the memory of the buffer; :meth:`sample_windows` draws a few.
+        about ``length`` times the memory of the buffer.
         """
-        order, starts = self._window_starts(length)
-        return self._gather(order[starts[:, None] + np.arange(length)[None, :]], device)
-
-    def sample_windows(self, batch_size: int, length: int, device: torch.device | str = "cpu") -> Transitions:
-        """``batch_size`` windows drawn uniformly with replacement from those :meth:`windows`
-        returns, as ``Transitions`` of shape ``(batch_size, length, ...)`` on ``device``.
-
-        Only the drawn windows are gathered; finding the valid starts takes one pass over the
-        buffer's links (a few integers per transition).
-        """
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        order, starts = self._window_starts(length)
-        if len(starts) == 0:
-            raise ValueError(
-                f"no window of {length} consecutive transitions inside one episode among the "
-                f"{self._size} stored: use a shorter length or collect more data"
-            )
-        picked = starts[self.rng.integers(0, len(starts), size=batch_size)]
-        return self._gather(order[picked[:, None] + np.arange(length)[None, :]], device)
-
-    @property
-    def episode_starts(self) -> np.ndarray:
-        """Positions (in :meth:`all` order) where an episode begins."""
+        if length < 1:
+            raise ValueError(f"window length must be at least 1, got {length}")
         order = self.chronological_indices()
-        ends = self.terminated[order] | self.truncated[order]
-        return np.flatnonzero(np.concatenate([[True], ends[:-1]])) if self._size else np.zeros(0, int)
+        joined = self._continues[order[:-1]]
+        # a window starting at position p needs links p -> p+1, ..., p+length-2 all joined
+        broken = np.concatenate([[0], np.cumsum(~joined)])
+        starts = np.arange(max(0, self._size - length + 1))
+        starts = starts[broken[starts + length - 1] - broken[starts] == 0]
+        return self._gather(order[starts[:, None] + np.arange(length)[None, :]], device)
 
     # -- files --------------------------------------------------------------------------
 

@@ -10,7 +10,6 @@ drawn side by side. Every run depends on its spec and configs alone.
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass, field
 
 import gymnasium as gym
@@ -18,7 +17,8 @@ import numpy as np
 import torch
 
 from wmbook.agents.dqn import DQNConfig
-from wmbook.agents.dreamer import Dreamer, DreamerConfig, UpdateFn, train_dreamer
+from wmbook.agents.dreamer import Dreamer, DreamerConfig, UpdateFn
+from wmbook.agents.dreamer_trainer import train_dreamer
 from wmbook.agents.dyna import DynaConfig, RunSpec, run_one as run_chapter3
 from wmbook.runner import run_jobs
 from wmbook.stats import aggregate, probability_of_improvement
@@ -310,10 +310,3 @@ def smooth(values: list[float], points: int = 200) -> tuple[np.ndarray, np.ndarr
     usable = len(values) // width * width
     means = values[:usable].reshape(-1, width).mean(1)
     return np.arange(len(means)) * width + width / 2, means
-
-
-def timed(fn, *args, **kwargs):
-    """``(fn(*args, **kwargs), seconds)``."""
-    started = time.perf_counter()
-    value = fn(*args, **kwargs)
-    return value, time.perf_counter() - started

@@ -3,7 +3,7 @@
 The chapter simulates one data set of procedures, trains one surgical world model on it (and,
 for the ablation, a second one without the noisy-action dual path), then trains every policy
 against the world model on several seeds with
-:func:`~wmbook.surgical.policies.compare_policies`: PPO in the world model (with and without
+:func:`~wmbook.surgical.compare.compare_policies`: PPO in the world model (with and without
 the risk constraint, and under one alternative reward weighting), IQL, and TD-MPC's planner
 (with and without its risk budget). Each is scored twice on the test procedures: anticipation
 mAP against the expert's labels, and the true outcome when it operates in the simulator.
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -25,16 +25,16 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from scipy.stats import kendalltau
-from sklearn.decomposition import PCA
 
 from wmbook.agents.iql import IQL, IQLConfig, train_iql
 from wmbook.surgical.tdmpc import PlannerConfig
 from wmbook.surgical.model import SurgicalWorldModel
-from wmbook.rollout import imagine
 from wmbook.runner import run_jobs
 from wmbook.stats import markdown_table
 from wmbook.surgical import evaluation as E
+from wmbook.surgical.analysis import Outlook, Projection, Recording, recorder, running_mean
 from wmbook.surgical import experiment as X
+from wmbook.surgical import compare as PC
 from wmbook.surgical import policies as P
 from wmbook.surgical.config import SurgicalConfig, config_from_dict
 from wmbook.surgical.data import SurgicalDataset
@@ -63,7 +63,7 @@ class SurgicalChapter:
     budget and the planner (``compare``; its seed is set per run) and the policy seeds."""
 
     surgical: SurgicalConfig
-    compare: P.CompareSettings
+    compare: PC.CompareSettings
     seeds: tuple[int, ...]             # the reported runs; no setting was tuned on them
     trajectory_steps: int              # frames of the trajectory figure after the start
     explorer_horizon: int              # seconds the explorer plays each policy for
@@ -87,9 +87,9 @@ PROFILES = {
             "training": {"steps": 800, "batch_size": 48},
             "evaluation": {"start_frame": 12},
         }),
-        compare=P.CompareSettings(ppo_steps=8_000, offline_steps=1_500,
-                                  planner=PlannerConfig(horizon=3, samples=32, iterations=2, elites=4),
-                                  map_stride=5, gap_steps=40, map_policies=MAIN, map_components=MAP_COMPONENTS),
+        compare=PC.CompareSettings(ppo_steps=8_000, offline_steps=1_500,
+                                   planner=PlannerConfig(horizon=3, samples=32, iterations=2, elites=4),
+                                   map_stride=5, gap_steps=40, map_policies=MAIN, map_components=MAP_COMPONENTS),
         seeds=(0, 1, 2),
         trajectory_steps=150,
         explorer_horizon=10,
@@ -102,9 +102,9 @@ PROFILES = {
             "training": {"steps": 60, "batch_size": 16},
             "evaluation": {"horizons": [0, 1, 5, 10], "start_frame": 6, "embedding_horizon": 3},
         }),
-        compare=P.CompareSettings(ppo_steps=800, offline_steps=60,
-                                  planner=PlannerConfig(horizon=2, samples=8, iterations=1, elites=2),
-                                  map_stride=4, gap_steps=10, map_policies=MAIN, map_components=MAP_COMPONENTS),
+        compare=PC.CompareSettings(ppo_steps=800, offline_steps=60,
+                                   planner=PlannerConfig(horizon=2, samples=8, iterations=1, elites=2),
+                                   map_stride=4, gap_steps=10, map_policies=MAIN, map_components=MAP_COMPONENTS),
         seeds=(0, 1),
         trajectory_steps=30,
         explorer_horizon=4,
@@ -121,77 +121,6 @@ def chapter_config(chapter: SurgicalChapter, root: str | Path) -> SurgicalConfig
         c, data=dataclasses.replace(c.data, root=str(root / "data")),
         output=dataclasses.replace(c.output, world_model=str(root / "world_model.pt"),
                                    results=str(root / "results.json")))
-
-
-# -- recording what a policy does in the simulator -------------------------------------------------
-
-
-@dataclass
-class Recording:
-    """What one policy did over every test procedure it played: per step the phase it acted
-    in, its labels ``(100,)`` and the frame it saw ``(D,)``, and where each procedure began."""
-
-    phases: list[int] = field(default_factory=list)
-    actions: list[np.ndarray] = field(default_factory=list)
-    frames: list[np.ndarray] = field(default_factory=list)
-    starts: list[int] = field(default_factory=list)     # index into the steps of each procedure
-    names: list[str] = field(default_factory=list)
-
-    def procedure(self, index: int) -> np.ndarray:
-        """The frames ``(n, D)`` of the ``index``-th procedure played."""
-        ends = self.starts[1:] + [len(self.frames)]
-        return np.asarray(self.frames[self.starts[index]:ends[index]])
-
-
-class RecordingPolicy:
-    """A simulator policy (``reset(start)``, ``act(obs, info)``) that records into a
-    :class:`Recording` and otherwise does what the wrapped policy does."""
-
-    def __init__(self, policy, recording: Recording):
-        self.policy, self.recording = policy, recording
-
-    def reset(self, start=None) -> None:
-        self.recording.starts.append(len(self.recording.frames))
-        self.recording.names.append("" if start is None else start.name)
-        self.policy.reset(start)
-
-    def act(self, observation: np.ndarray, info: dict | None = None) -> np.ndarray:
-        action = self.policy.act(observation, info)
-        self.recording.phases.append(int((info or {}).get("phase", 0)))
-        self.recording.actions.append(np.asarray(action, np.int8))
-        self.recording.frames.append(np.asarray(observation, np.float32))
-        return action
-
-
-def recorder(recordings: dict[str, Recording]) -> Callable[[str, object], object]:
-    """A ``wrap`` for :func:`~wmbook.surgical.policies.compare_policies` that records every
-    policy's play into ``recordings[name]``."""
-    def wrap(name: str, policy):
-        return RecordingPolicy(policy, recordings.setdefault(name, Recording()))
-    return wrap
-
-
-def phase_action_distribution(recording: Recording, n_phases: int = len(PHASES),
-                              n_actions: int = 100) -> np.ndarray:
-    """``(n_phases, n_actions)``: per phase, the share of each triplet among the labels the
-    policy chose in that phase (rows sum to 1; a phase never reached is a row of NaN)."""
-    out = np.full((n_phases, n_actions), np.nan)
-    phases = np.asarray(recording.phases)
-    actions = np.asarray(recording.actions, dtype=np.float64).reshape(len(phases), n_actions)
-    for k in range(n_phases):
-        counts = actions[phases == k].sum(0)
-        if counts.sum() > 0:
-            out[k] = counts / counts.sum()
-    return out
-
-
-def distribution_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean over the phases both reach of the total-variation distance between two
-    :func:`phase_action_distribution` rows (0: the same choices, 1: disjoint ones)."""
-    both = ~np.isnan(a).any(1) & ~np.isnan(b).any(1)
-    if not both.any():
-        raise ValueError("the two distributions share no phase")
-    return float(0.5 * np.abs(a[both] - b[both]).sum(1).mean())
 
 
 # -- the runs ------------------------------------------------------------------------------------------
@@ -223,8 +152,8 @@ def run_seed(config: SurgicalConfig, dataset: SurgicalDataset, model: SurgicalWo
     seeded = dataclasses.replace(config, evaluation=dataclasses.replace(config.evaluation, policy_seed=seed))
     settings = dataclasses.replace(chapter.compare, seed=seed)
     recordings: dict[str, Recording] = {}
-    out = P.compare_policies(seeded, dataset, model, settings, progress=progress, keep_policies=record,
-                             wrap=recorder(recordings) if record else None, method=method)
+    out = PC.compare_policies(seeded, dataset, model, settings, progress=progress, keep_policies=record,
+                              wrap=recorder(recordings) if record else None, method=method)
     if record:
         out["recordings"] = recordings
     out["seed"] = seed
@@ -277,8 +206,8 @@ def dual_path_ablation(config: SurgicalConfig, dataset: SurgicalDataset, models:
         out[label] = {}
         for name, (choose, factory) in policies.items():
             factory = factory or (lambda start, m=model, c=choose: P.LatentPolicy(m, c))
-            table = P.policy_map_table(model, dataset.test, choose, [1], ev.context_actions, map_stride,
-                                       components)
+            table = PC.policy_map_table(model, dataset.test, choose, [1], ev.context_actions, map_stride,
+                                        components)
             truth = E.simulator_outcomes({name: factory}, starts, config.simulator,
                                          model.config.reward_weights)[name]["mean"]
             out[label][name] = {"map": table[1]["ivt"], "true_return": truth["true_return"],
@@ -296,13 +225,6 @@ def per_seed(runs: Sequence[dict], metric: Callable[[dict, str], float], names: 
 
 def true_return(run: dict, name: str) -> float:
     return float(run["truth"][name]["true_return"])
-
-
-def ivt_at(horizon: int) -> Callable[[dict, str], float]:
-    """The metric ``run, policy -> ivt mAP at +horizon s`` (in %)."""
-    def metric(run: dict, name: str) -> float:
-        return 100.0 * float(run["map"][name][str(horizon)]["ivt"])
-    return metric
 
 
 def mean_table(runs: Sequence[dict], names: Sequence[str], horizons: Sequence[int]) -> dict[str, dict]:
@@ -347,85 +269,14 @@ def format_map_table(means: Mapping[str, dict], names: Sequence[str], horizons: 
     """Markdown: DARIL's table in miniature, ivt mAP (%) per horizon and i, v, t at the first,
     each a mean over the seeds (already in %); ``current`` is the imitation baseline's
     recognition column."""
-    return markdown_table(P.map_rows({n: means[n]["map"] for n in names}, names, [str(k) for k in horizons],
-                                     lambda n: LABELS.get(n, n),
-                                     f"{100 * current['ivt']:.1f}" if current is not None else "-", scale=1.0))
+    return markdown_table(PC.map_rows({n: means[n]["map"] for n in names}, names, [str(k) for k in horizons],
+                                      lambda n: LABELS.get(n, n),
+                                      f"{100 * current['ivt']:.1f}" if current is not None else "-", scale=1.0))
 
 
 def format_truth_table(means: Mapping[str, dict], names: Sequence[str]) -> str:
     """Markdown: the truth table, means over the seeds (the expert's row is its own play)."""
-    return markdown_table(P.truth_rows({n: means[n]["truth"] for n in names}, names, lambda n: LABELS.get(n, n)))
-
-
-# -- trajectories and the explorer ------------------------------------------------------------------------
-
-
-class Projection:
-    """A 2-D principal-component projection of frame embeddings, fitted on ``frames`` ``(N, D)``."""
-
-    def __init__(self, frames: np.ndarray):
-        frames = np.asarray(frames, np.float64)
-        if frames.ndim != 2 or len(frames) < 3:
-            raise ValueError(f"fit the projection on frames of shape (N >= 3, D), got {frames.shape}")
-        self.pca = PCA(n_components=2).fit(frames)
-        self.pca.components_ *= np.where(self.pca.components_.sum(1, keepdims=True) < 0, -1.0, 1.0)  # a fixed sign
-
-    def __call__(self, frames: np.ndarray) -> np.ndarray:
-        """``(n, 2)`` coordinates of ``frames`` ``(n, D)``."""
-        return self.pca.transform(np.asarray(frames, np.float64))
-
-
-@torch.no_grad()
-def imagined_trajectory(model: SurgicalWorldModel, procedure, start: int, steps: int) -> np.ndarray:
-    """The world model's open-loop frames ``(n, D)`` after frame ``start - 1`` of ``procedure``
-    under the expert's logged triplets, from its last ``context`` frames."""
-    W = model.config.context
-    if start < W:
-        raise ValueError(f"start {start} must leave a context of {W} frames")
-    z = torch.from_numpy(procedure.embeddings[None, start - W:start].astype(np.float32))
-    a = torch.from_numpy(procedure.triplets[None, start - W:start].astype(np.float32))
-    actions = torch.from_numpy(procedure.triplets[None, start:start + steps].astype(np.float32))
-    imagined = imagine(model, None, actions.shape[1], actions=actions, start_latent=model.filter_window(z, a))
-    return imagined.latents.z[0, 1:].numpy()
-
-
-@dataclass
-class Outlook:
-    """What one policy does from a moment of a test procedure: its first labels and, played
-    in the simulator for ``horizon`` seconds, the true reward per second ``(n,)``, the true
-    risk per second ``(n,)`` and the adverse events."""
-
-    labels: list[str]
-    rewards: np.ndarray
-    risks: np.ndarray
-    events: int
-
-
-def outlook(model: SurgicalWorldModel, policies: Mapping[str, Callable[[object], object]], procedure,
-            t: int, simulator, reward_weights: Mapping[str, float], horizon: int) -> dict[str, Outlook]:
-    """From frame ``t`` of ``procedure`` (its history as context), each policy's next labels
-    and what the simulator says happens over the next ``horizon`` seconds. ``policies`` maps a
-    name to a factory ``start -> policy``."""
-    start = procedure.start(t)
-    env = E.SurgicalEnv(simulator, reward_weights)
-    out: dict[str, Outlook] = {}
-    for name, make in policies.items():
-        policy = make(start)
-        obs, info = env.reset(options={"start": start})
-        policy.reset(start)
-        rewards, risks, events, first = [], [], 0, None
-        for _ in range(horizon):
-            action = policy.act(obs, info)
-            if first is None:
-                first = [triplet_name(int(i)) for i in np.flatnonzero(action)]
-            obs, reward, terminated, truncated, info = env.step(action)
-            rewards.append(reward)
-            risks.append(info["rewards"]["_r_risk"])
-            events += len(info["events"])
-            if terminated or truncated:
-                break
-        out[name] = Outlook(first or [], np.asarray(rewards), np.asarray(risks), events)
-    return out
+    return markdown_table(PC.truth_rows({n: means[n]["truth"] for n in names}, names, lambda n: LABELS.get(n, n)))
 
 
 # -- figures ---------------------------------------------------------------------------------------------
@@ -479,15 +330,6 @@ def plot_action_distributions(distributions: Mapping[str, np.ndarray], top: int 
     axes[0].set_yticks(range(len(PHASES)), [p.replace("_", " ") for p in PHASES], fontsize=7)
     fig.colorbar(image, ax=list(axes), shrink=0.8, label="share of the phase's labels")
     return fig
-
-
-def running_mean(frames: np.ndarray, window: int) -> np.ndarray:
-    """``(n - window + 1, D)``: the mean of every ``window`` consecutive frames ``(n, D)`` (all
-    of them, as one row, when there are fewer)."""
-    frames = np.asarray(frames, np.float64)
-    window = max(1, min(window, len(frames)))
-    sums = np.cumsum(np.concatenate([np.zeros((1, frames.shape[1])), frames]), 0)
-    return (sums[window:] - sums[:-window]) / window
 
 
 def plot_state_trajectories(projection: Projection, real: np.ndarray, imagined: np.ndarray,

@@ -23,14 +23,12 @@ from wmbook.models.dynamics import (
     DynamicsEvaluation,
     DynamicsModel,
     Prediction,
-    TrainConfig,
-    TrainHistory,
     evaluate_dynamics,
     multistep_loss,
-    train_dynamics,
 )
 from wmbook.models.ensemble import DynamicsEnsemble, train_ensemble
 from wmbook.models.layers import Normalizer, mlp
+from wmbook.models.training import TrainConfig, TrainHistory, train_dynamics
 from wmbook.models.rssm import RSSM, RSSMConfig, RSSMState, TwoHot, symexp, symlog
 from wmbook.models.mdn_rnn import MDNRNN, MDNRNNConfig, VisionMemoryModel, mdn_nll, sample_mdn, train_mdn_rnn
 from wmbook.models.vae import ConvVAE, VAEConfig, train_vae

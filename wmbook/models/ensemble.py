@@ -18,8 +18,8 @@ from wmbook.buffers import Transitions
 from wmbook.checkpoint import load_checkpoint, save_checkpoint
 from wmbook.device import to_device
 from wmbook.models.base import MarkovWorldModel
-from wmbook.models.dynamics import (
-    DynamicsConfig, DynamicsModel, Prediction, TrainConfig, TrainHistory, train_dynamics)
+from wmbook.models.dynamics import DynamicsConfig, DynamicsModel, Prediction
+from wmbook.models.training import TrainConfig, TrainHistory, train_dynamics
 
 
 class DynamicsEnsemble(MarkovWorldModel, nn.Module):

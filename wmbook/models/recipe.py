@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from wmbook.models.dynamics import DynamicsConfig, TrainConfig
+from wmbook.models.dynamics import DynamicsConfig
+from wmbook.models.training import TrainConfig
 
 
 @dataclass(frozen=True)

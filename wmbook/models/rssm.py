@@ -22,7 +22,6 @@ an :class:`RSSMState` ``(h, z)``, so :func:`wmbook.rollout.imagine` and
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -427,8 +426,3 @@ class RSSM(nn.Module):
         losses = WorldModelLosses(total, recon.mean(), reward_loss.mean(), cont_loss.mean(),
                                   raw_kl.mean(), kl_term.mean())
         return losses, posteriors
-
-
-def uniform_kl_bound(config: RSSMConfig) -> float:
-    """The largest KL a categorical latent can carry: ``stoch * log(classes)`` nats."""
-    return config.stoch * math.log(config.classes)

@@ -8,7 +8,7 @@ Modules:
   five reward components.
 * :mod:`~wmbook.surgical.simulator`: the seeded generative model of a cholecystectomy (hidden
   patient state, phases, unsafe actions, adverse events, frame embeddings) and
-  :class:`~wmbook.surgical.simulator.SurgicalEnv`, the same as a ``gymnasium.Env`` with
+  :class:`~wmbook.surgical.env.SurgicalEnv`, the same as a ``gymnasium.Env`` with
   ``MultiBinary(100)`` actions.
 * :mod:`~wmbook.surgical.surgeons`: simulated surgeons, the simulated recogniser, and the data
   set writer.
@@ -24,8 +24,8 @@ The world model itself is :mod:`wmbook.surgical.model`.
 
 from wmbook.surgical.data import (Procedure, ProcedureFormatError, SurgicalDataset, load_dataset,
                                   load_procedure, save_procedure, write_manifest)
-from wmbook.surgical.simulator import (Patient, ProcedureStart, SimulatorConfig, State,
-                                       SurgicalEnv, SurgicalSimulator, weighted_reward)
+from wmbook.surgical.env import ProcedureStart, SurgicalEnv
+from wmbook.surgical.simulator import Patient, SimulatorConfig, State, SurgicalSimulator, weighted_reward
 from wmbook.surgical.surgeons import (ORACLE, Surgeon, SurgeonProfile, generate_dataset,
                                       recognise)
 from wmbook.surgical.triplets import (COMPONENTS, DEFAULT_REWARD_WEIGHTS, INSTRUMENTS, PHASES,

@@ -157,12 +157,12 @@ def _run(args) -> int:
         return _policy_command(args, config, dataset)
     if args.command == "compare":
         from wmbook.checkpoint import atomic_write, write_json
-        from wmbook.surgical import policies as P
+        from wmbook.surgical import compare as PC
 
         model = load_world_model(args.world_model)
-        settings = P.CompareSettings(ppo_steps=args.ppo_steps, offline_steps=args.offline_steps)
-        results = P.compare_policies(config, dataset, model, settings, progress=True)
-        text = P.format_comparison(results)
+        settings = PC.CompareSettings(ppo_steps=args.ppo_steps, offline_steps=args.offline_steps)
+        results = PC.compare_policies(config, dataset, model, settings, progress=True)
+        text = PC.format_comparison(results)
         print(text)
         if args.results:
             write_json(args.results, results)
@@ -192,8 +192,9 @@ def _run(args) -> int:
 
 
 def _policy_command(args, config, dataset) -> int:
-    from wmbook.surgical.model import load_world_model
+    from wmbook.surgical import compare as PC
     from wmbook.surgical import policies as P
+    from wmbook.surgical.model import load_world_model
 
     model = load_world_model(args.world_model)
     if model.config.embedding_dim != dataset.embedding_dim:
@@ -214,8 +215,8 @@ def _policy_command(args, config, dataset) -> int:
             f"{'resumed and ' if info['resumed'] else ''}trained in {info['seconds']:.0f} s and saved"
         print(f"{args.command} policy {verb}: {args.policy}")
         return 0
-    results = P.evaluate_policy(args.command, model, dataset, args.policy, config, truth=not args.no_truth,
-                                map_stride=args.map_stride, progress=True)
+    results = PC.evaluate_policy(args.command, model, dataset, args.policy, config, truth=not args.no_truth,
+                                 map_stride=args.map_stride, progress=True)
     from wmbook.surgical.experiment import format_map_table
     print(format_map_table(results["map"], f"{args.command} mAP (%)"))
     if "truth" in results:

@@ -42,7 +42,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from wmbook.checkpoint import atomic_write, write_json
-from wmbook.surgical.simulator import REWARD_NAMES, STATE_SIZE, Patient, ProcedureStart
+from wmbook.surgical.env import ProcedureStart
+from wmbook.surgical.simulator import REWARD_NAMES, STATE_SIZE, Patient
 from wmbook.surgical.triplets import MAX_ACTIVE, N_PHASES, N_TRIPLETS
 
 FORMAT_VERSION = 1

@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 
 from wmbook.surgical.model import SurgicalWorldModel
 from wmbook.surgical.imitation import anticipate, context_windows, filter_context
-from wmbook.surgical.simulator import ProcedureStart, SimulatorConfig, State, SurgicalEnv
+from wmbook.surgical.env import ProcedureStart, SurgicalEnv
+from wmbook.surgical.simulator import SimulatorConfig, State
 from wmbook.surgical.triplets import COMPONENTS, N_TRIPLETS, REWARD_NAMES
 
 HORIZONS = (0, 1, 5, 10)

@@ -45,6 +45,25 @@ def context_windows(procedure, context: int, actions: str = "recognised") -> dic
 
 
 @torch.no_grad()
+def start_latents(model: SurgicalWorldModel, procedures: Sequence, stride: int = 10,
+                  actions: str = "true") -> SurgicalLatent:
+    """Latents ``(N, ...)`` at every ``stride``-th full-context frame of ``procedures``."""
+    if stride < 1:
+        raise ValueError(f"stride must be positive, got {stride}")
+    hs, zs = [], []
+    for procedure in procedures:
+        windows = context_windows(procedure, model.config.context, actions)
+        keep = slice(None, None, stride)
+        conf = model.confidence(windows["actions"][keep].shape[:2], actions == "recognised")
+        h = model.encode_sequence(windows["embeddings"][keep], windows["actions"][keep], conf)[:, -1]
+        hs.append(h)
+        zs.append(windows["embeddings"][keep][:, -1])
+    if not hs:
+        raise ValueError("no procedure to start from")
+    return SurgicalLatent(torch.cat(hs), torch.cat(zs))
+
+
+@torch.no_grad()
 def filter_context(model: SurgicalWorldModel, windows: dict[str, torch.Tensor],
                    recognised: bool) -> tuple[SurgicalLatent, torch.Tensor]:
     """The latent at the end of each window ``(N, ...)`` and the GRU state one frame earlier
@@ -81,9 +100,9 @@ def anticipate(model: SurgicalWorldModel, procedure, horizons: Sequence[int] = (
 
 
 class ImitationPolicy:
-    """The imitation head as a policy of :class:`~wmbook.surgical.simulator.SurgicalEnv`.
+    """The imitation head as a policy of :class:`~wmbook.surgical.env.SurgicalEnv`.
 
-    ``reset(start)`` takes the history of a :class:`~wmbook.surgical.simulator.ProcedureStart`
+    ``reset(start)`` takes the history of a :class:`~wmbook.surgical.env.ProcedureStart`
     as context; ``act(observation, info)`` (``info`` is not read) appends the frame its last
     action produced and returns the next labels ``(100,)`` int8, 1 to 3 active, drawn from the
     head with a generator seeded by ``seed``, ignoring labels below ``floor`` (or, if

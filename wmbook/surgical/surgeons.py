@@ -28,6 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from wmbook.surgical import simulator as S
+from wmbook.surgical.env import ProcedureStart, SurgicalEnv
 from wmbook.surgical.triplets import (INSTRUMENTS, MAX_ACTIVE, N_TRIPLETS, triplet_index,
                                       triplet_map)
 
@@ -74,7 +75,7 @@ _IDLE = (_T("grasper,grasp,gallbladder"), _T("grasper,retract,omentum"), *S.NULL
 
 
 class Surgeon:
-    """A policy of :class:`~wmbook.surgical.simulator.SurgicalEnv` that reads the hidden state.
+    """A policy of :class:`~wmbook.surgical.env.SurgicalEnv` that reads the hidden state.
 
     ``act(observation, info)`` returns labels ``(100,)`` int8 (1 to 3 active, or none when the
     surgeon pauses); it uses only ``info["state"]``, ``info["t"]`` and ``info["patient"]``. Its
@@ -86,7 +87,7 @@ class Surgeon:
         self.profile = profile
         self.target_clips = 2
 
-    def reset(self, start: "S.ProcedureStart | None" = None) -> None:
+    def reset(self, start: "ProcedureStart | None" = None) -> None:
         """Forget the last procedure (nothing is remembered across procedures)."""
 
     def act(self, observation: np.ndarray, info: dict) -> np.ndarray:
@@ -186,7 +187,7 @@ def recognise(labels: np.ndarray, rng: np.random.Generator, action_accuracy: flo
     return scores
 
 
-def run_procedure(env: "S.SurgicalEnv", policy, patient: "S.Patient") -> dict[str, np.ndarray]:
+def run_procedure(env: SurgicalEnv, policy, patient: "S.Patient") -> dict[str, np.ndarray]:
     """Play ``policy`` (``reset(start)``, ``act(observation, info)``) on ``patient`` from the
     first frame until the procedure ends; returns the arrays of one procedure file."""
     obs, info = env.reset(seed=patient.seed)
@@ -235,7 +236,7 @@ def generate_dataset(out_dir: str | Path, n_procedures: int = 50, n_test: int = 
                          f"n_procedures={n_procedures}")
     config = config or S.SimulatorConfig()
     out_dir = Path(out_dir)
-    env = S.SurgicalEnv(config)
+    env = SurgicalEnv(config)
     surgeons = surgeon_family(n_surgeons, seed)
     names = [f"procedure_{i:03d}" for i in range(n_procedures)]
     test = sorted(np.random.default_rng([seed, 31]).choice(n_procedures, n_test, replace=False).tolist())
