@@ -15,8 +15,8 @@ from surgical_helpers import TINY, tiny_world
 from wmbook.agents.ppo import BernoulliHead
 from wmbook.surgical.tdmpc import PlannerConfig, SurgicalTDMPC, TDMPCConfig
 from wmbook.surgical import cli
-from wmbook.surgical import evaluation as E
 from wmbook.surgical import compare as PC
+from wmbook.surgical.env import SurgicalEnv
 from wmbook.surgical import policies as P
 
 SMALL_PLANNER = PlannerConfig(horizon=2, samples=8, iterations=1, elites=2)
@@ -77,7 +77,7 @@ def test_policies_act_in_the_simulator_and_are_scored(tiny):
     policy = P.LatentPolicy(model, choose)
     start = dataset.test[0].start(config.evaluation.start_frame)
     policy.reset(start)
-    env = E.SurgicalEnv(config.simulator)
+    env = SurgicalEnv(config.simulator)
     obs, info = env.reset(options={"start": start})
     for _ in range(3):
         action = policy.act(obs, info)

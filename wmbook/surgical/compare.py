@@ -22,6 +22,7 @@ import torch
 
 from wmbook.agents.iql import IQL
 from wmbook.stats import markdown_table
+from wmbook.surgical.env import SurgicalEnv
 from wmbook.surgical.evaluation import ivt_map
 from wmbook.surgical.imitation import context_windows, filter_context
 from wmbook.surgical.model import SurgicalLatent, SurgicalWorldModel
@@ -221,7 +222,7 @@ def compare_policies(config, dataset, model: SurgicalWorldModel, settings: Compa
     truth = E.simulator_outcomes({"expert": expert}, starts, config.simulator,
                                  model.config.reward_weights)
     out["truth"]["expert"] = truth["expert"]["mean"]
-    env = E.SurgicalEnv(config.simulator, model.config.reward_weights)
+    env = SurgicalEnv(config.simulator, model.config.reward_weights)
     for name, choose in choosers.items():
         clock = time.perf_counter()
         if s.map_policies is None or name in s.map_policies:
